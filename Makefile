@@ -1,0 +1,39 @@
+# The two commands a new user needs:
+#   make pipeline   install everything, then run the training DAG once end to end (embedded default)
+#   make test       install everything, then run the test suite
+# Everything lands in .venv and .local (git-ignored) and data/ (DVC-tracked data, git-ignored).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+PYTEST_ARGS ?=
+
+.PHONY: install pipeline test lint airflow-ui mlflow-ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync -q --python $(PY) requirements/requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+pipeline: install
+	$(PY) -m pipelines.local run $(if $(DATE),--date $(DATE)) $(if $(CONF),--conf '$(CONF)')
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check pipelines dags plugins tests
+
+airflow-ui: install
+	$(PY) -m pipelines.local airflow-ui
+
+mlflow-ui: install
+	$(PY) -m pipelines.local mlflow-ui
+
+clean:
+	rm -rf .local data/raw data/processed data/predictions data/quarantine

@@ -1,0 +1,104 @@
+"""DAG tests: the DAGs import cleanly, stay light at parse time, and have the expected shape."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "great_expectations", "evidently", "mlflow", "sklearn", "dvc")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_dags_import_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert "flights_training" in dagbag.dags
+
+
+def test_parsing_imports_no_heavy_library() -> None:
+    """Parsing the DAG folder in a fresh interpreter imports none of the heavy libraries."""
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        f"print(json.dumps({{'errors': list(bag.import_errors), 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"errors": [], "heavy": []}
+
+
+def test_training_dag_shape(dagbag) -> None:
+    dag = dagbag.dags["flights_training"]
+    upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+    assert upstream == {
+        "collect": [],
+        "validate": ["collect"],
+        "preprocess": ["validate"],
+        "train": ["preprocess"],
+        "evaluate": ["preprocess", "train"],
+        "register": ["evaluate", "preprocess", "train"],
+        "batch_predict": ["register"],
+    }
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    for t in dag.tasks:
+        assert t.retries >= 1, t.task_id
+        assert t.execution_timeout is not None, t.task_id
+    assert dag.doc_md and "collect" in dag.doc_md
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("epochs", 0),
+        ("epochs", "ten"),
+        ("learning_rate", 0),
+        ("learning_rate", 2.0),
+        ("batch_size", 4),
+        ("training_window_days", 1),
+        ("data_date", "2013-13-01"),
+    ],
+)
+def test_trigger_params_reject_bad_values(dagbag, key: str, value: object) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["flights_training"].params)
+    with pytest.raises(ParamValidationError, match=key):
+        params[key] = value
+        params.validate()
+
+
+def test_trigger_params_accept_good_values(dagbag) -> None:
+    params = copy.deepcopy(dagbag.dags["flights_training"].params)
+    for key, value in {"epochs": 3, "learning_rate": 0.01, "training_window_days": 60, "data_date": "2013-06-30"}.items():
+        params[key] = value
+    assert params.validate()["epochs"] == 3
+
+
+def test_trigger_params_map_onto_params_yaml(dagbag) -> None:
+    """Every hyper-parameter of the trigger form overrides a real key of params.yaml."""
+    from pipelines.config import load_params
+    from pipelines.run import PARAM_OVERRIDES
+
+    form = set(dagbag.dags["flights_training"].params) - {"data_date"}
+    assert form == set(PARAM_OVERRIDES)
+    params = load_params(REPO / "params.yaml")
+    raw = params.model_dump(by_alias=True)
+    for dotted in PARAM_OVERRIDES.values():
+        section, key = dotted.split(".")
+        assert params.with_overrides({dotted: raw[section][key]}) == params
