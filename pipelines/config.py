@@ -240,8 +240,8 @@ class Params(_Section):
                 if not isinstance(node.get(part), dict):
                     raise ConfigError(f"unknown parameter '{dotted}'")
                 node = node[part]
-            if leaf not in node:
-                raise ConfigError(f"unknown parameter '{dotted}'")
+            # A new leaf is fine in an open mapping (validate.ranges, ...); in a section,
+            # validation below rejects it as an unknown key, naming it.
             node[leaf] = value
         return parse_params(raw)
 

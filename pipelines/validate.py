@@ -231,6 +231,9 @@ def validate_frame(
         described[phase] = desc
         evaluated += len(results)
         for r in results:
+            column = r.expectation_config.kwargs.get("column")
+            if column is not None and column not in frame.columns:
+                continue  # already reported by the column-set check
             if not r.success:
                 cfg_ = r.expectation_config
                 findings.append(Finding(phase, cfg_.type, cfg_.kwargs.get("column"), _describe_failure(r)))
