@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipelines.config import DatasetConfig, Params
 from pipelines.features import LABEL
-from pipelines.preprocess import MANIFEST_FILE
+from pipelines.preprocess import load_manifest
 from pipelines.tracking import Tracking, get_or_create_run
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Pat
     from pipelines.tfdata import make_dataset
 
     spec, threshold = params.dataset, params.evaluate.threshold
-    manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    manifest = load_manifest(processed_dir)
     splits = manifest["splits"]
     holdout = pd.read_parquet(splits["holdout"]["parquet"])
 

@@ -80,7 +80,7 @@ def run(data_date: str, conf: dict) -> int:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     dag = bag.dags[DAG_ID]
     day = dt.date.fromisoformat(data_date)
-    logical = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(3), tzinfo=dt.timezone.utc)
+    logical = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(3), tzinfo=dt.UTC)
     started = time.perf_counter()
     dag_run = dag.test(logical_date=logical, run_conf={"data_date": data_date, **conf})
     seconds = time.perf_counter() - started

@@ -164,8 +164,8 @@ def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -
             "label_rate": float(part[LABEL].mean()) if len(part) else 0.0,
             "first_day": part_days.min().date().isoformat() if len(part) else None,
             "last_day": part_days.max().date().isoformat() if len(part) else None,
-            "parquet": str(parquet),
-            "tfrecords": shards,
+            "parquet": str(parquet.relative_to(out_dir)),
+            "tfrecords": [str(Path(x).relative_to(out_dir)) for x in shards],
             "fingerprint": frame_fingerprint(part, keep),
         }
     manifest["data_fingerprint"] = files_fingerprint(out_dir.glob("splits/*.parquet"), out_dir)
@@ -176,4 +176,17 @@ def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -
         len(frame),
         {k: v["rows"] for k, v in manifest["splits"].items()},
     )
+    return load_manifest(out_dir)
+
+
+def load_manifest(processed_dir: Path) -> dict[str, Any]:
+    """``manifest.json`` with its file paths made absolute.
+
+    On disk the paths are relative to the processed folder, so a copy of it
+    (``data/processed``, a ``dvc pull`` on another machine) stays valid.
+    """
+    manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    for info in manifest["splits"].values():
+        info["parquet"] = str(processed_dir / info["parquet"])
+        info["tfrecords"] = [str(processed_dir / p) for p in info["tfrecords"]]
     return manifest

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import Params
-from pipelines.preprocess import MANIFEST_FILE
+from pipelines.preprocess import load_manifest
 from pipelines.settings import REPO_ROOT
 from pipelines.tracking import Tracking, code_revision, get_or_create_run
 
@@ -28,7 +28,7 @@ CHALLENGER = "challenger"
 
 
 def _input_example(params: Params, processed_dir: Path) -> pd.DataFrame:
-    manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    manifest = load_manifest(processed_dir)
     holdout = pd.read_parquet(manifest["splits"]["holdout"]["parquet"], columns=list(params.dataset.features.all))
     sample = holdout.dropna().head(5)
     if sample.empty:
@@ -64,7 +64,7 @@ def register(
     name = params.register_.model_name
     run_id = get_or_create_run(tracking)
     client = mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
-    manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    manifest = load_manifest(processed_dir)
 
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_file = work_dir / "feature_spec.json"

