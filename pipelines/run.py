@@ -107,6 +107,73 @@ def run_preprocess(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def effective_params_yaml(params: Params, window_end: dt.date, note: str) -> str:
+    """The params a run actually used, as a ``params.yaml`` that ``dvc repro`` can run with."""
+    import yaml
+
+    raw = params.model_dump(by_alias=True, mode="json")
+    raw["preprocess"]["window_end"] = window_end.isoformat()
+    header = f"# Effective parameters of {note}: params.yaml with the run's overrides and window end.\n"
+    return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src``, swapping folders so readers never see a half copy."""
+    import shutil
+
+    staging = dst.with_name(f".{dst.name}.incoming")
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(src, staging)
+    if dst.exists():
+        dst.rename(old)
+    staging.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_version_data(ctx: RunContext, processed: dict[str, Any]) -> dict[str, Any]:
+    """Record the raw partitions and this run's processed data as a DVC dataset version.
+
+    The processed data is published to ``data/processed``; both folders are
+    pushed to the DVC remote and their pointers committed on the ``datasets``
+    branch with the run's effective ``params.yaml``. Serialised by a lock, so
+    overlapping runs never interleave DVC or git operations.
+    """
+    settings = ctx.settings
+    base = {"data_fingerprint": processed["data_fingerprint"]}
+    if not settings.versioning:
+        log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
+        return {**base, "versioned": False}
+    from pipelines import versioning
+    from pipelines.collect import source_date
+
+    repo = settings.dvc_repo
+    if not settings.data_dir.is_relative_to(repo):
+        raise versioning.VersioningError(
+            f"the data folder {settings.data_dir} is outside the DVC repository {repo}: "
+            "set MLOPS_DATA_DIR inside it, MLOPS_DVC_REPO around it, or MLOPS_VERSIONING=off"
+        )
+    end = source_date(ctx.params.dataset, ctx.run_day)
+    note = f"{ctx.dag_id} run {ctx.run_id}"
+    with versioning.dvc_lock(repo):
+        versioning.ensure_dvc(repo)
+        versioning.configure_remote(
+            repo, versioning.default_remote_url(), endpoint_url=versioning.default_remote_endpoint()
+        )
+        # Before touching data/processed: an unreachable remote must leave it as it was.
+        versioning.check_default_remote(repo)
+        _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
+        version = versioning.record_dataset_version(
+            repo,
+            [settings.raw_dir, settings.processed_dir],
+            message=f"Dataset for {end.isoformat()} ({note})",
+            contents={"params.yaml": effective_params_yaml(ctx.params, end, note)},
+        )
+    log.info("dataset version %s on branch %s (%s)", version.git_rev, version.branch, version.content_hash)
+    return {**base, "versioned": True, **version.as_dict()}
+
+
 def run_train(ctx: RunContext, processed: dict[str, Any]) -> dict[str, Any]:
     from pipelines.train import train
 
@@ -126,11 +193,26 @@ def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, 
 
 
 def run_register(
-    ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]
+    ctx: RunContext,
+    processed: dict[str, Any],
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    versioned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from pipelines.register import register
 
     lineage = {"dag_id": ctx.dag_id, "run_id": ctx.run_id, "run_day": ctx.run_day.isoformat()}
+    if versioned and versioned.get("versioned"):
+        lineage.update(
+            {
+                "dataset_git_rev": versioned["git_rev"],
+                "dataset_branch": versioned["branch"],
+                "dataset_content_hash": versioned["content_hash"],
+                "dvc_repo": str(ctx.settings.dvc_repo),
+            }
+        )
+    else:
+        lineage["dataset_git_rev"] = "not versioned (MLOPS_VERSIONING=off)"
     return register(
         ctx.params,
         Path(processed["processed_dir"]),
@@ -153,14 +235,16 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
     collected = run_collect(ctx)
     validated = run_validate(ctx, collected)
     processed = run_preprocess(ctx)
+    versioned = run_version_data(ctx, processed)
     trained = run_train(ctx, processed)
     evaluation = run_evaluate(ctx, processed, trained)
-    registered = run_register(ctx, processed, trained, evaluation)
+    registered = run_register(ctx, processed, trained, evaluation, versioned)
     predicted = run_batch_predict(ctx)
     return {
         "collect": collected,
         "validate": validated,
         "preprocess": processed,
+        "version_data": versioned,
         "train": trained,
         "evaluate": evaluation,
         "register": registered,

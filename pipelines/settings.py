@@ -9,6 +9,10 @@ Environment variables:
     MLOPS_DATA_DIR       collected and processed data; default ``<repo>/data``
     MLOPS_PARAMS         the params file; default ``<repo>/params.yaml``
     MLFLOW_TRACKING_URI  default ``sqlite:///$MLOPS_HOME/mlflow/mlflow.db``
+    MLOPS_VERSIONING     ``on`` (default) records every run's data as a DVC dataset version; ``off`` skips it
+    MLOPS_DVC_REPO       the git + DVC repository holding the data folder; default ``<repo>``
+    MLOPS_DVC_REMOTE_URL       the DVC remote; default ``~/.cache/flights-mlops/dvc-remote`` (outside the work tree)
+    MLOPS_DVC_REMOTE_ENDPOINT  the S3 endpoint of an ``s3://`` remote (MinIO, ...)
 """
 
 from __future__ import annotations
@@ -28,10 +32,17 @@ class Settings:
     params_path: Path
     tracking_uri: str
     artifact_root: Path
+    versioning: bool = True
+    dvc_repo: Path = REPO_ROOT
 
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
+
+    @property
+    def processed_dir(self) -> Path:
+        """The processed data of the latest run, as versioned by DVC."""
+        return self.data_dir / "processed"
 
     @property
     def predictions_dir(self) -> Path:
@@ -57,10 +68,15 @@ def resolve(env: dict[str, str] | None = None) -> Settings:
     data_dir = Path(env.get("MLOPS_DATA_DIR") or REPO_ROOT / "data").resolve()
     params_path = Path(env.get("MLOPS_PARAMS") or REPO_ROOT / "params.yaml").resolve()
     tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    versioning = (env.get("MLOPS_VERSIONING") or "on").strip().lower()
+    if versioning not in ("on", "off"):
+        raise ValueError(f"MLOPS_VERSIONING must be 'on' or 'off', got {versioning!r}")
     return Settings(
         home=home,
         data_dir=data_dir,
         params_path=params_path,
         tracking_uri=tracking_uri,
         artifact_root=home / "mlflow" / "artifacts",
+        versioning=versioning == "on",
+        dvc_repo=Path(env.get("MLOPS_DVC_REPO") or REPO_ROOT).resolve(),
     )

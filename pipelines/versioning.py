@@ -378,6 +378,17 @@ def _default_remote(repo: Path) -> _Remote:
     return _Remote(name=name, url=url, endpoint=endpoint)
 
 
+def check_default_remote(repo: Path) -> str:
+    """Fail fast, naming the remote, if the default DVC remote is missing or unreachable.
+
+    Returns:
+        A description of the remote (name and URL).
+    """
+    remote = _default_remote(_toplevel(repo))
+    _check_remote(remote)
+    return remote.describe()
+
+
 def _check_remote(remote: _Remote) -> None:
     """Fail before anything is written when the remote obviously cannot take a push."""
     import socket
@@ -466,8 +477,16 @@ def _checked_out_branches(repo: Path) -> set[str]:
     return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("branch ")}
 
 
-def _commit_tree(repo: Path, files: list[str], parents: list[str], message: str, previous: str | None) -> str:
-    """Commit HEAD's tree plus ``files`` (from the work tree) without touching the real index.
+def _commit_tree(
+    repo: Path,
+    files: list[str],
+    parents: list[str],
+    message: str,
+    previous: str | None,
+    contents: Mapping[str, str] | None = None,
+) -> str:
+    """Commit HEAD's tree plus ``files`` (from the work tree) and ``contents`` (path -> text),
+    without touching the real index.
 
     Returns ``previous`` itself when its tree is the same (same code, same data).
     """
@@ -479,6 +498,9 @@ def _commit_tree(repo: Path, files: list[str], parents: list[str], message: str,
         _git(repo, "read-tree", "HEAD", env=env)
         blobs = _git(repo, "hash-object", "-w", "--", *files).split()
         entries = "".join(f"100644 {blob}\t{path}\n" for blob, path in zip(blobs, files, strict=True))
+        for path, text in (contents or {}).items():
+            blob = _git(repo, "hash-object", "-w", "--stdin", stdin=text)
+            entries += f"100644 {blob}\t{path}\n"
         _git(repo, "update-index", "--add", "--index-info", env=env, stdin=entries)
         tree = _git(repo, "write-tree", env=env)
     if previous is not None and _git(repo, "rev-parse", f"{previous}^{{tree}}") == tree:
@@ -494,6 +516,7 @@ def record_dataset_version(
     message: str,
     tag: str | None = None,
     branch: str = DEFAULT_BRANCH,
+    contents: Mapping[str, str] | None = None,
 ) -> DatasetVersion:
     """Version data folders with DVC and commit their pointers on the dataset branch.
 
@@ -511,6 +534,8 @@ def record_dataset_version(
         message: the commit message.
         tag: an annotated tag to put on the version; it may already exist only on that same commit.
         branch: the dataset branch, never the one checked out.
+        contents: files to put in the version as given (path -> text), e.g. the run's
+            effective ``params.yaml``, so that ``dvc repro`` there uses what the run used.
 
     Returns:
         The version: commit, branch, tag, content hash and pointer hashes.
@@ -570,7 +595,7 @@ def record_dataset_version(
                 parents.append(head)
             trailers = "".join(f"Dataset-Pointer: {p} {h}\n" for p, h in per_pointer.items())
             body = f"{message.strip()}\n\nDataset-Content-Hash: {content_hash}\n{trailers}"
-            commit = _commit_tree(repo, files, parents, body, previous)
+            commit = _commit_tree(repo, files, parents, body, previous, contents)
         finally:
             _restore(before)
 

@@ -29,6 +29,9 @@ os.environ.update(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_STATE / 'airflow' / 'airflow.db'}",
         "GX_ANALYTICS_ENABLED": "False",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # The data folder above is outside this repository; tests that version data
+        # set up their own git + DVC repository (tests/test_dvc_pipeline.py).
+        "MLOPS_VERSIONING": "off",
     }
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)

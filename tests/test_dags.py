@@ -48,9 +48,10 @@ def test_training_dag_shape(dagbag) -> None:
         "collect": [],
         "validate": ["collect"],
         "preprocess": ["validate"],
-        "train": ["preprocess"],
+        "version_data": ["preprocess"],
+        "train": ["preprocess", "version_data"],
         "evaluate": ["preprocess", "train"],
-        "register": ["evaluate", "preprocess", "train"],
+        "register": ["evaluate", "preprocess", "train", "version_data"],
         "batch_predict": ["register"],
     }
     assert dag.max_active_runs == 1

@@ -40,7 +40,9 @@ def _client():
 def test_dag_run_succeeds(training_run) -> None:
     states = {ti.task_id: ti.state for ti in training_run.get_task_instances()}
     assert training_run.state == "success", states
-    assert set(states) == {"collect", "validate", "preprocess", "train", "evaluate", "register", "batch_predict"}
+    assert set(states) == {
+        "collect", "validate", "preprocess", "version_data", "train", "evaluate", "register", "batch_predict"
+    }
 
 
 def test_model_registered_with_alias_and_lineage(training_run) -> None:
