@@ -570,9 +570,9 @@ def record_dataset_version(
         touched = [repo / p for p in pointers] + sorted({(repo / t).parent / ".gitignore" for t in targets})
         before = _snapshot(touched)
         try:
-            _dvc(repo, "add", "--quiet", "--no-relink", *targets)
+            _dvc(repo, "add", "--no-relink", *targets)
             try:
-                _dvc(repo, "push", "--quiet", "--remote", remote.name, *pointers)
+                _dvc(repo, "push", "--remote", remote.name, *pointers)
             except VersioningError as err:
                 raise VersioningError(f"dvc push to {remote.describe()} failed; nothing recorded: {err}") from None
 
@@ -663,7 +663,7 @@ def restore_dataset_version(
             configure_remote(dest, remote_url, name=remote_name, endpoint_url=endpoint_url)
         with dvc_lock(dest):
             try:
-                _dvc(dest, "pull", "--quiet", *pointers)
+                _dvc(dest, "pull", *pointers)
             except VersioningError as err:
                 try:
                     where = _default_remote(dest).describe()
