@@ -98,12 +98,13 @@ def _fail_clearly(err: Exception):
 def flights_training():
     @task(execution_timeout=dt.timedelta(minutes=10))
     def collect() -> dict:
+        from pipelines.collect import CollectError
         from pipelines.config import ConfigError
         from pipelines.run import run_collect
 
         try:
             return run_collect(_run_context())
-        except ConfigError as err:
+        except (ConfigError, CollectError) as err:
             raise _fail_clearly(err) from None
 
     @task(execution_timeout=dt.timedelta(minutes=10))
@@ -133,10 +134,10 @@ def flights_training():
         return run_version_data(_run_context(), processed)
 
     @task(execution_timeout=dt.timedelta(minutes=60))
-    def train(processed: dict, versioned: dict) -> dict:
+    def train(processed: dict, versioned: dict, validated: dict) -> dict:
         from pipelines.run import run_train
 
-        return run_train(_run_context(), processed)
+        return run_train(_run_context(), processed, validated)
 
     @task
     def evaluate(processed: dict, trained: dict) -> dict:
@@ -153,12 +154,17 @@ def flights_training():
     @task
     def batch_predict(registered: dict) -> dict:
         from pipelines.run import run_batch_predict
+        from pipelines.validate import ValidationFailed
 
-        return run_batch_predict(_run_context())
+        try:
+            return run_batch_predict(_run_context())
+        except ValidationFailed as err:
+            raise _fail_clearly(err) from None
 
-    processed = preprocess(validate(collect()))
+    validated = validate(collect())
+    processed = preprocess(validated)
     versioned = version_data(processed)
-    trained = train(processed, versioned)
+    trained = train(processed, versioned, validated)
     evaluation = evaluate(processed, trained)
     batch_predict(register(processed, trained, evaluation, versioned))
 

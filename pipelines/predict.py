@@ -40,14 +40,26 @@ def batch_predict(
     run_day: dt.date,
     predictions_dir: Path,
     tracking_uri: str,
+    report_dir: Path,
+    quarantine_dir: Path,
+    reference: dict[str, Any] | None = None,
     alias: str = "champion",
 ) -> dict[str, Any]:
     """Score the flights of the day after ``run_day`` with ``models:/<name>@<alias>``.
 
+    The rows to score pass the same validation gate as training data, on the
+    key and feature columns: a schema problem or a ``stop`` finding quarantines
+    them and stops the step before the model is loaded.
+
     Returns:
         The partition written, its row count, the model version and the input fingerprint.
+
+    Raises:
+        ValidationFailed: the inputs failed the gate.
     """
     import mlflow
+
+    from pipelines.validate import ValidationFailed, validate_frame
 
     spec = params.dataset
     name = params.register_.model_name
@@ -57,11 +69,21 @@ def batch_predict(
         return {"rows": 0, "path": None, "day": None}
 
     columns = list(dict.fromkeys([*spec.key_columns, spec.time_column, *spec.features.all]))
-    raw = fetch_day(spec, day)
-    missing = [c for c in columns if c not in raw.columns]
-    if missing:
-        raise ValueError(f"the rows to score for {day} lack columns {missing}")
-    frame = raw[columns].sort_values(list(spec.key_columns), kind="mergesort").reset_index(drop=True)
+    raw = fetch_day(spec, day, max_rows=params.validate_.rows_per_day[1])
+    # Only what is known before departure goes on: outcome columns are dropped unread.
+    frame = raw[[c for c in raw.columns if c in columns]]
+    report = validate_frame(
+        frame, spec, params.validate_, report_dir, first_day=day, last_day=day, columns=columns, reference=reference
+    )
+    log.info("input validation %s; data docs: %s", report.summary(), report.data_docs)
+    if not report.success:
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(quarantine_dir / f"inputs-{day.isoformat()}.parquet", index=False)
+        (quarantine_dir / f"inputs-{day.isoformat()}.txt").write_text(report.summary() + "\n", encoding="utf-8")
+        raise ValidationFailed(
+            f"rows to score for {day}: {report.summary()}\nthe inputs are quarantined in {quarantine_dir}", report
+        )
+    frame = frame[columns].sort_values(list(spec.key_columns), kind="mergesort").reset_index(drop=True)
     fingerprint = frame_fingerprint(frame)
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -97,4 +119,5 @@ def batch_predict(
         "model_name": name,
         "model_version": str(version),
         "input_fingerprint": fingerprint,
+        "input_warnings": [f.line() for f in report.warnings],
     }

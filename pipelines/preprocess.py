@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "holdout")
 STATS_FILE = "stats.json"
 MANIFEST_FILE = "manifest.json"
+REFERENCE_FILE = "reference.json"
 
 
 class PreprocessError(RuntimeError):
@@ -94,6 +95,27 @@ def compute_stats(train: pd.DataFrame, spec: DatasetConfig) -> dict[str, Any]:
         "vocabulary": vocab,
         "label_rate": float(train[LABEL].mean()),
         "rows": len(train),
+    }
+
+
+def compute_reference(train: pd.DataFrame, spec: DatasetConfig) -> dict[str, Any]:
+    """What the validation gate learns from the training data: daily volume, categories, ranges."""
+    per_day = pd.to_datetime(train[spec.time_column]).dt.normalize().value_counts()
+    numeric = {}
+    for col in spec.features.numeric:
+        x = pd.to_numeric(train[col], errors="coerce")
+        numeric[col] = {"min": float(x.min()), "max": float(x.max())} if x.notna().any() else {}
+    return {
+        "rows_per_day": {
+            "p01": float(per_day.quantile(0.01)),
+            "p99": float(per_day.quantile(0.99)),
+            "min": int(per_day.min()),
+            "max": int(per_day.max()),
+        },
+        "categories": {
+            col: sorted(train[col].dropna().astype(str).unique().tolist()) for col in spec.features.categorical
+        },
+        "numeric": numeric,
     }
 
 
@@ -170,6 +192,8 @@ def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -
         }
     manifest["data_fingerprint"] = files_fingerprint(out_dir.glob("splits/*.parquet"), out_dir)
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=1), encoding="utf-8")
+    reference = compute_reference(splits["train"], spec)
+    (out_dir / REFERENCE_FILE).write_text(json.dumps(reference, indent=1), encoding="utf-8")
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     log.info(
         "preprocessed %s rows: %s",

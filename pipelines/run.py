@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -77,21 +78,38 @@ def run_collect(ctx: RunContext) -> dict[str, Any]:
     params = ctx.params  # parse (and fail on) the params before any work
     window = params.preprocess.training_window_days if params.collect.fill_training_window else 1
     return collect(
-        params.dataset, ctx.run_day, ctx.run_dir / "staging", ctx.settings.raw_dir, window_days=window
+        params.dataset,
+        ctx.run_day,
+        ctx.run_dir / "staging",
+        ctx.settings.raw_dir,
+        window_days=window,
+        quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name,
+        max_rows=params.validate_.rows_per_day[1] * window,
     ).as_dict()
 
 
 def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.validate import validate_batch
+    """The gate; a rejected batch is also recorded on the run's MLflow run before failing."""
+    from pipelines.tracking import log_validation
+    from pipelines.validate import ValidationFailed, load_reference, validate_batch
 
-    return validate_batch(
-        ctx.params,
-        Path(collected["staging_dir"]),
-        collected["days"],
-        ctx.settings.raw_dir,
-        ctx.run_dir / "validation",
-        ctx.settings.quarantine_dir / ctx.run_dir.name,
-    )
+    report_dir = ctx.run_dir / "validation"
+    try:
+        return validate_batch(
+            ctx.params,
+            Path(collected["staging_dir"]),
+            collected["days"],
+            ctx.settings.raw_dir,
+            report_dir,
+            ctx.settings.quarantine_dir / ctx.run_dir.name,
+            reference=load_reference(ctx.settings.processed_dir),
+        )
+    except ValidationFailed as err:
+        try:
+            log_validation(ctx.tracking, err.report.as_dict(), report_dir)
+        except Exception as log_err:  # the gate's verdict matters more than its bookkeeping
+            log.warning("could not log the failed validation to MLflow: %s", log_err)
+        raise
 
 
 def run_preprocess(ctx: RunContext) -> dict[str, Any]:
@@ -143,6 +161,8 @@ def run_version_data(ctx: RunContext, processed: dict[str, Any]) -> dict[str, An
     settings = ctx.settings
     base = {"data_fingerprint": processed["data_fingerprint"]}
     if not settings.versioning:
+        # Still published: the next run's validation learns from its reference statistics.
+        _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
         log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
         return {**base, "versioned": False}
     from pipelines import versioning
@@ -170,14 +190,22 @@ def run_version_data(ctx: RunContext, processed: dict[str, Any]) -> dict[str, An
             message=f"Dataset for {end.isoformat()} ({note})",
             contents={"params.yaml": effective_params_yaml(ctx.params, end, note)},
         )
+        git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
+        if git_remote:
+            versioning.push_branch(repo, git_remote, version.branch)
     log.info("dataset version %s on branch %s (%s)", version.git_rev, version.branch, version.content_hash)
     return {**base, "versioned": True, **version.as_dict()}
 
 
-def run_train(ctx: RunContext, processed: dict[str, Any]) -> dict[str, Any]:
+def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None) -> dict[str, Any]:
     from pipelines.train import train
 
-    return train(ctx.params, Path(processed["processed_dir"]), ctx.run_dir / "model", ctx.tracking)
+    result = train(ctx.params, Path(processed["processed_dir"]), ctx.run_dir / "model", ctx.tracking)
+    if validated is not None:
+        from pipelines.tracking import log_validation
+
+        log_validation(ctx.tracking, validated, ctx.run_dir / "validation")
+    return result
 
 
 def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +254,17 @@ def run_register(
 
 def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
     from pipelines.predict import batch_predict
+    from pipelines.validate import load_reference
 
-    return batch_predict(ctx.params, ctx.run_day, ctx.settings.predictions_dir, ctx.settings.tracking_uri)
+    return batch_predict(
+        ctx.params,
+        ctx.run_day,
+        ctx.settings.predictions_dir,
+        ctx.settings.tracking_uri,
+        report_dir=ctx.run_dir / "predict_validation",
+        quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name / "predict",
+        reference=load_reference(ctx.settings.processed_dir),
+    )
 
 
 def run_all(ctx: RunContext) -> dict[str, Any]:
@@ -236,7 +273,7 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
     validated = run_validate(ctx, collected)
     processed = run_preprocess(ctx)
     versioned = run_version_data(ctx, processed)
-    trained = run_train(ctx, processed)
+    trained = run_train(ctx, processed, validated)
     evaluation = run_evaluate(ctx, processed, trained)
     registered = run_register(ctx, processed, trained, evaluation, versioned)
     predicted = run_batch_predict(ctx)

@@ -98,3 +98,24 @@ def code_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
+
+
+def log_validation(tracking: Tracking, report: dict[str, Any], report_dir: Path) -> str:
+    """Put a validation result on the pipeline run's MLflow run: status, counts, findings, data docs.
+
+    Returns:
+        The MLflow run id.
+    """
+    import mlflow
+
+    run_id = get_or_create_run(tracking)
+    client = mlflow.MlflowClient(tracking.tracking_uri)
+    client.set_tag(run_id, "validation.status", "passed" if report.get("success") else "failed")
+    client.set_tag(run_id, "validation.warnings", str(len(report.get("warnings", []))))
+    client.log_metric(run_id, "validation_rows", float(report.get("rows", 0)))
+    client.log_metric(run_id, "validation_failures", float(len(report.get("failures", []))))
+    client.log_metric(run_id, "validation_warnings", float(len(report.get("warnings", []))))
+    client.log_dict(run_id, report, "validation/summary.json")
+    if report_dir.is_dir():
+        client.log_artifacts(run_id, str(report_dir), "validation")
+    return run_id

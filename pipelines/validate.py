@@ -30,6 +30,7 @@ import pandas as pd
 
 from pipelines.collect import PART_FILE, partition_dir
 from pipelines.config import DatasetConfig, Params, ValidateConfig
+from pipelines.preprocess import REFERENCE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +58,51 @@ class Finding:
     rule: str  # the expectation type
     column: str | None
     detail: str
+    check: str = "schema"  # the params.yaml rule: schema, nulls, ranges, categories, ...
+    severity: str = "stop"  # "stop" or "warn"
 
     def line(self) -> str:
         where = f"column '{self.column}'" if self.column else "table"
-        return f"[{self.phase}] {where}: {self.rule}: {self.detail}"
+        return f"[{self.phase}] {where}: {self.rule} ({self.check}, {self.severity}): {self.detail}"
 
 
 @dataclass
 class ValidationReport:
-    success: bool
     rows: int
     findings: list[Finding] = field(default_factory=list)
     result_json: str = ""
     data_docs: str = ""
     evaluated: int = 0
 
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "stop"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warn"]
+
+    @property
+    def success(self) -> bool:
+        return not self.failures
+
     def summary(self) -> str:
         if self.success:
-            return f"passed: {self.evaluated} expectations on {self.rows} rows"
-        head = f"failed: {len(self.findings)} of {self.evaluated} expectations on {self.rows} rows"
-        return "\n".join([head, *("  - " + f.line() for f in self.findings)])
+            head = f"passed: {self.evaluated} expectations on {self.rows} rows"
+            if self.warnings:
+                head += f", {len(self.warnings)} warning(s)"
+        else:
+            head = f"failed: {len(self.failures)} of {self.evaluated} expectations on {self.rows} rows"
+        lines = [head, *("  - " + f.line() for f in self.failures), *("  - " + f.line() for f in self.warnings)]
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "success": self.success,
             "rows": self.rows,
             "evaluated": self.evaluated,
-            "failures": [f.line() for f in self.findings],
+            "failures": [f.line() for f in self.failures],
+            "warnings": [f.line() for f in self.warnings],
             "result_json": self.result_json,
             "data_docs": self.data_docs,
         }
@@ -92,47 +111,81 @@ class ValidationReport:
 # --------------------------------------------------------------------------- suites
 
 
-def _schema_expectations(spec: DatasetConfig) -> list:
+def _schema_expectations(spec: DatasetConfig, columns: list[str]) -> list:
     import great_expectations.expectations as gxe
 
-    exps = [gxe.ExpectTableColumnsToMatchSet(column_set=list(spec.schema_), exact_match=True)]
-    for col, kind in spec.schema_.items():
-        exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=_TYPES[kind]))
+    exps = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, meta={"rule": "schema"})]
+    for col in columns:
+        exps.append(
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=col, type_list=_TYPES[spec.schema_[col]], meta={"rule": "schema"}
+            )
+        )
     return exps
 
 
 def _value_expectations(
     spec: DatasetConfig,
     cfg: ValidateConfig,
+    columns: list[str],
     n_days: int,
     first_day: dt.date | None,
     last_day: dt.date | None,
+    reference: dict[str, Any] | None,
 ) -> list:
+    """Value rules from params.yaml, plus what the training data taught (``reference``)."""
     import great_expectations.expectations as gxe
 
+    present = set(columns)
     exps: list = []
     lo, hi = cfg.rows_per_day
-    exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=lo * n_days, max_value=hi * n_days))
-    for col in spec.schema_:
+    if reference and "rows_per_day" in reference:
+        # The usual daily volume, widened by the margin, within the hard bounds of params.yaml.
+        usual = reference["rows_per_day"]
+        m = cfg.reference_row_margin
+        lo, hi = max(lo, int(usual["p01"] * (1 - m))), min(hi, int(usual["p99"] * (1 + m)) + 1)
+    exps.append(
+        gxe.ExpectTableRowCountToBeBetween(min_value=lo * n_days, max_value=hi * n_days, meta={"rule": "row_count"})
+    )
+    for col in columns:
         allowed = cfg.null_fraction_overrides.get(col, cfg.max_null_fraction)
         if allowed < 1.0:
-            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - allowed))
+            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - allowed, meta={"rule": "nulls"}))
     for col, (vmin, vmax) in cfg.ranges.items():
-        exps.append(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=vmin, max_value=vmax))
-    for col, values in cfg.categories.items():
-        exps.append(
-            gxe.ExpectColumnValuesToBeInSet(
-                column=col, value_set=list(values), mostly=1.0 - cfg.max_unseen_category_fraction
+        if col in present:
+            exps.append(
+                gxe.ExpectColumnValuesToBeBetween(column=col, min_value=vmin, max_value=vmax, meta={"rule": "ranges"})
             )
-        )
-    if spec.key_columns:
-        exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.key_columns)))
-    if first_day is not None and last_day is not None:
+    for col, values in cfg.categories.items():
+        if col in present:
+            exps.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col,
+                    value_set=list(values),
+                    mostly=1.0 - cfg.max_unseen_category_fraction,
+                    meta={"rule": "categories"},
+                )
+            )
+    for col, seen in ((reference or {}).get("categories") or {}).items():
+        if col in present and col not in cfg.categories:
+            exps.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col,
+                    value_set=list(seen),
+                    mostly=1.0 - cfg.max_unseen_category_fraction,
+                    meta={"rule": "unseen_categories"},
+                )
+            )
+    keys = [c for c in spec.key_columns if c in present]
+    if keys:
+        exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=keys, meta={"rule": "duplicates"}))
+    if first_day is not None and last_day is not None and spec.time_column in present:
         exps.append(
             gxe.ExpectColumnValuesToBeBetween(
                 column=spec.time_column,
                 min_value=dt.datetime.combine(first_day, dt.time()),
                 max_value=dt.datetime.combine(last_day, dt.time.max),
+                meta={"rule": "interval"},
             )
         )
     return exps
@@ -217,12 +270,21 @@ def validate_frame(
     first_day: dt.date | None = None,
     last_day: dt.date | None = None,
     schema_only: bool = False,
+    columns: list[str] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Run the suite on a frame; write the JSON result and data docs to ``report_dir``."""
+    """Run the suite on a frame; write the JSON result and data docs to ``report_dir``.
+
+    Args:
+        columns: the columns the frame must have (default: the whole ``dataset.schema``);
+            batch prediction passes the key and feature columns.
+        reference: statistics learnt from the training data (``reference.json``).
+    """
     report_dir.mkdir(parents=True, exist_ok=True)
-    phases = [("schema", _schema_expectations(spec))]
+    columns = list(columns or spec.schema_)
+    phases = [("schema", _schema_expectations(spec, columns))]
     if not schema_only:
-        phases.append(("values", _value_expectations(spec, cfg, n_days, first_day, last_day)))
+        phases.append(("values", _value_expectations(spec, cfg, columns, n_days, first_day, last_day, reference)))
     findings: list[Finding] = []
     described: dict[str, Any] = {}
     evaluated = 0
@@ -231,24 +293,32 @@ def validate_frame(
         described[phase] = desc
         evaluated += len(results)
         for r in results:
-            column = r.expectation_config.kwargs.get("column")
+            exp = r.expectation_config
+            column = exp.kwargs.get("column")
             if column is not None and column not in frame.columns:
                 continue  # already reported by the column-set check
             if not r.success:
-                cfg_ = r.expectation_config
-                findings.append(Finding(phase, cfg_.type, cfg_.kwargs.get("column"), _describe_failure(r)))
-        if not ok:
+                check = (exp.meta or {}).get("rule", phase)
+                severity = "stop" if check == "schema" else cfg.severity.get(check, "stop")
+                findings.append(Finding(phase, exp.type, column, _describe_failure(r), check, severity))
+        if not ok and phase == "schema":
             break  # a schema failure makes the value checks meaningless
     result_json = report_dir / "validation.json"
     result_json.write_text(json.dumps(described, indent=1, default=str), encoding="utf-8")
+    (report_dir / "findings.json").write_text(json.dumps([f.__dict__ for f in findings], indent=1), encoding="utf-8")
     return ValidationReport(
-        success=not findings,
         rows=len(frame),
         findings=findings,
         result_json=str(result_json),
         data_docs=str(report_dir / "data_docs" / "index.html"),
         evaluated=evaluated,
     )
+
+
+def load_reference(processed_dir: Path) -> dict[str, Any] | None:
+    """Reference statistics of the latest training data, if a run has published them."""
+    path = processed_dir / REFERENCE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- the step
@@ -291,8 +361,13 @@ def validate_batch(
     raw_dir: Path,
     report_dir: Path,
     quarantine_dir: Path,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Gate the staged days: publish them to ``raw_dir``, or quarantine them and raise.
+
+    Findings whose rule has severity ``warn`` let the batch through; they are
+    written beside each published partition (``validation.json``), where the
+    monitoring step reads them, and returned for the MLflow run.
 
     Raises:
         ValidationFailed: with one line per failed rule; the batch is in ``quarantine_dir``.
@@ -307,6 +382,7 @@ def validate_batch(
         n_days=len(parsed),
         first_day=parsed[0],
         last_day=parsed[-1],
+        reference=reference,
     )
     log.info("validation %s", report.summary())
     log.info("data docs: %s", report.data_docs)
@@ -315,4 +391,7 @@ def validate_batch(
         message = f"{report.summary()}\nthe batch and its report are quarantined in {where}"
         raise ValidationFailed(message, report)
     published = publish(staging_dir, parsed, raw_dir)
+    summary = json.dumps({"warnings": [f.line() for f in report.warnings], "report": report.result_json}, indent=1)
+    for d in parsed:
+        (partition_dir(raw_dir, d) / "validation.json").write_text(summary, encoding="utf-8")
     return {**report.as_dict(), "published": len(published)}

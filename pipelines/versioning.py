@@ -617,6 +617,18 @@ def record_dataset_version(
     return DatasetVersion(git_rev=commit, branch=branch, tag=tag, content_hash=content_hash, pointers=per_pointer)
 
 
+def push_branch(repo: Path, remote: str, branch: str = DEFAULT_BRANCH) -> None:
+    """Push the dataset branch to a git remote, so other clones can check its versions out.
+
+    Raises:
+        VersioningError: naming the git remote, if the push fails.
+    """
+    try:
+        _git(repo, "push", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{branch}")
+    except VersioningError as err:
+        raise VersioningError(f"git push of {branch!r} to remote {remote!r} failed: {err}") from None
+
+
 # --------------------------------------------------------------------------- restore
 
 

@@ -49,7 +49,7 @@ def test_training_dag_shape(dagbag) -> None:
         "validate": ["collect"],
         "preprocess": ["validate"],
         "version_data": ["preprocess"],
-        "train": ["preprocess", "version_data"],
+        "train": ["preprocess", "validate", "version_data"],
         "evaluate": ["preprocess", "train"],
         "register": ["evaluate", "preprocess", "train", "version_data"],
         "batch_predict": ["register"],

@@ -58,9 +58,12 @@ def versioned_runs(tmp_path_factory, airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     root = tmp_path_factory.mktemp("dvc-e2e")
-    project = root / "project"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(project)], check=True)
+    team = root / "team.git"  # the team's shared repository
+    project = root / "project"  # the clone the pipeline runs in
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(REPO), str(team)], check=True)
+    subprocess.run(["git", "clone", "--quiet", str(team), str(project)], check=True)
     env = {
+        "MLOPS_DATASETS_GIT_REMOTE": "origin",
         "MLOPS_VERSIONING": "on",
         "MLOPS_DVC_REPO": str(project),
         "MLOPS_DATA_DIR": str(project / "data"),
@@ -76,7 +79,7 @@ def versioned_runs(tmp_path_factory, airflow_db):
         for day in DAYS:
             logical = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC) + dt.timedelta(days=1, hours=3)
             runs.append(dag.test(logical_date=logical, run_conf={"data_date": day, **RUN_CONF}))
-        yield {"root": root, "project": project, "runs": runs, "env": env, "head_before": head_before}
+        yield {"root": root, "team": team, "project": project, "runs": runs, "env": env, "head_before": head_before}
     finally:
         for k, v in saved.items():
             if v is None:
@@ -108,6 +111,7 @@ def test_each_run_records_a_dataset_version(versioned_runs) -> None:
     assert len(set(revs)) == 2
     history = _git(project, "rev-list", "--first-parent", "datasets").split()
     assert history[:2] == [revs[1], revs[0]], "the second version follows the first on the datasets branch"
+    assert _git(versioned_runs["team"], "rev-parse", "datasets") == revs[1], "the branch was pushed to the team"
     for v in versions:
         assert v.tags["lineage.dataset_content_hash"].startswith("sha256:")
         assert v.tags["lineage.code_revision"]
@@ -124,7 +128,7 @@ def test_fresh_clone_pulls_byte_identical_data(versioned_runs, tmp_path) -> None
 
     for i, v in enumerate(_versions(versioned_runs["runs"])):
         dest = restore_dataset_version(
-            str(versioned_runs["project"]),
+            str(versioned_runs["team"]),  # a fresh clone of the team's repository
             v.tags["lineage.dataset_git_rev"],
             tmp_path / f"clone-{i}",
             remote_url=versioned_runs["env"]["MLOPS_DVC_REMOTE_URL"],
