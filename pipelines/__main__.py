@@ -2,6 +2,7 @@
 
     run        every step of one pipeline run in this process, in DAG order
     step       one training step on explicit paths (what the ``dvc.yaml`` stages run)
+    release    publish a quarantined batch after a fix (validated again)
     reproduce  restore a registered model's code and data, retrain, compare the metrics
 
 The same functions back the Airflow tasks, the DVC stages and these commands.
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--processed", type=Path, default=Path("build/processed"))
     step.add_argument("--model-dir", type=Path, default=Path("build/model"))
     step.add_argument("--out", type=Path, default=Path("build/evaluation"), help="evaluation output (evaluate)")
+
+    rel = sub.add_parser("release", help="publish a quarantined batch after a fix (it is validated again)")
+    rel.add_argument("attempt", type=Path, help="data/quarantine/<run>/attempt-N")
 
     rep = sub.add_parser("reproduce", help="restore a model version's code and data, retrain, compare metrics")
     rep.add_argument("--model-version", required=True)
@@ -127,6 +131,21 @@ def main(argv: list[str] | None = None) -> int:
             result = run_all(ctx)
         elif args.command == "step":
             result = _step(args)
+        elif args.command == "release":
+            from pipelines.settings import resolve
+            from pipelines.validate import ValidationFailed, load_reference, release
+
+            settings = resolve()
+            try:
+                result = release(
+                    load_params(settings.params_path),
+                    args.attempt,
+                    settings.raw_dir,
+                    reference=load_reference(settings.processed_dir),
+                )
+            except (ValueError, ValidationFailed) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
         else:
             from pipelines.reproduce import reproduce
 

@@ -395,3 +395,32 @@ def validate_batch(
     for d in parsed:
         (partition_dir(raw_dir, d) / "validation.json").write_text(summary, encoding="utf-8")
     return {**report.as_dict(), "published": len(published)}
+
+
+def release(params: Params, attempt_dir: Path, raw_dir: Path, reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish a quarantined batch after a fix: it goes through the whole gate again.
+
+    Fix the Parquet partitions under ``<attempt>/batch/`` in place (or replace
+    them), then release the attempt. A batch that still fails stays where it
+    is, with a new report beside the first.
+
+    Raises:
+        ValueError: the attempt holds no staged partition (an unreadable source file:
+            fix it at the source and re-run the DAG for that date instead).
+        ValidationFailed: the batch still breaks a rule.
+    """
+    staging = attempt_dir / "batch"
+    days = sorted(p.name.removeprefix("date=") for p in staging.glob("date=*") if (p / PART_FILE).is_file())
+    if not days:
+        raise ValueError(
+            f"{attempt_dir} holds no staged partition: fix the source and re-run the DAG for that date"
+        )
+    n = 0
+    while (report_dir := attempt_dir / f"release-{n}").exists():
+        n += 1
+    result = validate_batch(
+        params, staging, days, raw_dir, report_dir, attempt_dir / f"release-{n}-rejected", reference=reference
+    )
+    (attempt_dir / "RELEASED").write_text(json.dumps({"days": days, "report": str(report_dir)}), encoding="utf-8")
+    log.info("released %s: %d day(s) published to %s", attempt_dir, len(days), raw_dir)
+    return result

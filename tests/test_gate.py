@@ -239,3 +239,32 @@ def test_bad_batch_through_the_dag_stops_everything_downstream(feed, flights_day
         }
     ]
     assert not settings.raw_dir.exists() or not any(settings.raw_dir.iterdir())
+
+
+def test_release_a_quarantined_batch_after_a_fix(feed, flights_day) -> None:
+    """`python -m pipelines release <attempt>`: still bad -> refused; fixed -> published."""
+    from pipelines.run import RunContext
+    from pipelines.validate import ValidationFailed
+
+    frame = flights_day.copy()
+    frame.loc[frame.index[:5], "distance"] = -100.0
+    _write_csv(frame, feed())
+    with pytest.raises(ValidationFailed):
+        _run_gate()
+    ctx = RunContext(dag_id="flights_training", run_id="manual-1", run_day=DAY)
+    attempt = _quarantined(ctx)[0]
+    release = [sys.executable, "-m", "pipelines", "release", str(attempt)]
+
+    refused = subprocess.run(release, capture_output=True, text=True, env=os.environ.copy())
+    assert refused.returncode == 1 and "column 'distance'" in refused.stderr
+    assert not (ctx.settings.raw_dir / f"date={DAY.isoformat()}").exists()
+
+    staged = attempt / "batch" / f"date={DAY.isoformat()}" / "part-0.parquet"
+    fixed = pd.read_parquet(staged)
+    fixed["distance"] = fixed["distance"].abs()
+    fixed.to_parquet(staged, index=False)
+    done = subprocess.run(release, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    published = pd.read_parquet(ctx.settings.raw_dir / f"date={DAY.isoformat()}" / "part-0.parquet")
+    assert len(published) == len(flights_day) and (published["distance"] > 0).all()
+    assert (attempt / "RELEASED").is_file() and (attempt / "batch").is_dir(), "the quarantined copy is kept"
