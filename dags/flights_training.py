@@ -20,6 +20,17 @@ Empty fields take their value from `params.yaml`.
   Empty: the run's data interval start.
 * **epochs**, **learning_rate**, **batch_size**: training hyper-parameters.
 * **training_window_days**: days of data the model is trained and evaluated on.
+* **trigger_reason**, **trigger_report**: set by `flights_monitoring` when drift or decay asks for
+  retraining; recorded on the run's MLflow run (tags `trigger.*` and its note).
+* **force_promotion** with **promotion_reason**: make this run's model champion whatever the
+  promotion gate says; the reason is recorded on the version and in the promotion log.
+
+#### Promotion gate
+The new model (`challenger`) and the current `champion` are scored on the same holdout in the
+`evaluate` task. The challenger becomes champion if it meets the AUC floor, is not worse than the
+champion by more than `register.max_auc_drop`, and no slice regresses by more than
+`register.max_slice_auc_drop`; the first model must also beat the scikit-learn baseline.
+`python -m pipelines rollback --reason "..."` moves `champion` back.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ import datetime as dt
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from pipelines.assets import FLIGHTS_COLLECTED
 
 DAG_ID = "flights_training"
 
@@ -49,6 +62,12 @@ def _run_context():
     return RunContext.from_trigger(DAG_ID, ctx["run_id"], run_day, params)
 
 
+def _alert_failed_run(context) -> None:
+    from pipelines.alerts import on_failure_callback
+
+    on_failure_callback(context)
+
+
 def _fail_clearly(err: Exception):
     """Bad data or configuration: fail without retrying, with the readable message only."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -62,6 +81,7 @@ def _fail_clearly(err: Exception):
     start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    on_failure_callback=_alert_failed_run,
     tags=["mlops", "training"],
     doc_md=__doc__,
     default_args={
@@ -93,10 +113,27 @@ def _fail_clearly(err: Exception):
             None, type=["null", "integer"], minimum=3, maximum=3660, title="Training window (days)",
             description="Days of data ending on the data date: train, then validation, then holdout. Empty: params.yaml.",
         ),
+        "trigger_reason": Param(
+            None, type=["null", "string"], title="Trigger reason",
+            description="Why this run was started, when flights_monitoring started it (recorded on its MLflow run).",
+        ),
+        "trigger_report": Param(
+            None, type=["null", "string"], title="Trigger report",
+            description="The monitoring report behind the trigger (MLflow artifact URI).",
+        ),
+        "force_promotion": Param(
+            False, type="boolean", title="Force promotion",
+            description="Make this run's model champion whatever the gate says. Needs a reason.",
+        ),
+        "promotion_reason": Param(
+            None, type=["null", "string"], maxLength=500, title="Reason for forcing",
+            description="Required with force_promotion (10 characters or more): recorded on the model version and in the promotion log.",
+        ),
     },
 )
 def flights_training():
-    @task(execution_timeout=dt.timedelta(minutes=10))
+    # Its Asset event schedules the monitoring DAG (dags/flights_monitoring.py).
+    @task(execution_timeout=dt.timedelta(minutes=10), outlets=[FLIGHTS_COLLECTED])
     def collect() -> dict:
         from pipelines.collect import CollectError
         from pipelines.config import ConfigError
@@ -128,16 +165,18 @@ def flights_training():
             raise _fail_clearly(err) from None
 
     @task(execution_timeout=dt.timedelta(minutes=15), retries=2)
-    def version_data(processed: dict) -> dict:
+    def version_data(processed: dict, validated: dict) -> dict:
         from pipelines.run import run_version_data
 
-        return run_version_data(_run_context(), processed)
+        return run_version_data(_run_context(), processed, validated)
 
     @task(execution_timeout=dt.timedelta(minutes=60))
     def train(processed: dict, versioned: dict, validated: dict) -> dict:
-        from pipelines.run import run_train
+        from pipelines.run import run_record_trigger, run_train
 
-        return run_train(_run_context(), processed, validated)
+        ctx = _run_context()
+        run_record_trigger(ctx, dict(get_current_context()["params"]))  # why monitoring asked for it, if it did
+        return run_train(ctx, processed, validated)
 
     @task
     def evaluate(processed: dict, trained: dict) -> dict:
@@ -147,9 +186,12 @@ def flights_training():
 
     @task
     def register(processed: dict, trained: dict, evaluation: dict, versioned: dict) -> dict:
-        from pipelines.run import run_register
+        from pipelines.run import run_alert_promotion, run_register
 
-        return run_register(_run_context(), processed, trained, evaluation, versioned)
+        ctx = _run_context()
+        registered = run_register(ctx, processed, trained, evaluation, versioned)
+        run_alert_promotion(ctx, registered)  # a refused promotion is worth a notification
+        return registered
 
     @task
     def batch_predict(registered: dict) -> dict:
@@ -163,7 +205,7 @@ def flights_training():
 
     validated = validate(collect())
     processed = preprocess(validated)
-    versioned = version_data(processed)
+    versioned = version_data(processed, validated)
     trained = train(processed, versioned, validated)
     evaluation = evaluate(processed, trained)
     batch_predict(register(processed, trained, evaluation, versioned))

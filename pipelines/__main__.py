@@ -3,6 +3,7 @@
     run        every step of one pipeline run in this process, in DAG order
     step       one training step on explicit paths (what the ``dvc.yaml`` stages run)
     release    publish a quarantined batch after a fix (validated again)
+    rollback   move the champion alias back to the previous champion, recorded
     reproduce  restore a registered model's code and data, retrain, compare the metrics
 
 The same functions back the Airflow tasks, the DVC stages and these commands.
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rel = sub.add_parser("release", help="publish a quarantined batch after a fix (it is validated again)")
     rel.add_argument("attempt", type=Path, help="data/quarantine/<run>/attempt-N")
+
+    rb = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
+    rb.add_argument("--reason", required=True, help="why (recorded on the versions and in the promotion log)")
 
     rep = sub.add_parser("reproduce", help="restore a model version's code and data, retrain, compare metrics")
     rep.add_argument("--model-version", required=True)
@@ -131,6 +135,20 @@ def main(argv: list[str] | None = None) -> int:
             result = run_all(ctx)
         elif args.command == "step":
             result = _step(args)
+        elif args.command == "rollback":
+            import mlflow
+
+            from pipelines.promote import rollback
+            from pipelines.settings import resolve
+
+            settings = resolve()
+            name = load_params(settings.params_path).register_.model_name
+            client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
+            try:
+                result = rollback(client, name, args.reason, settings.home)
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
         elif args.command == "release":
             from pipelines.settings import resolve
             from pipelines.validate import ValidationFailed, load_reference, release

@@ -144,18 +144,19 @@ def _fetch_files(src: FilesSource, day: dt.date, max_rows: int | None) -> pd.Dat
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def _sql_url(src: SqlSource) -> str:
-    if src.url is not None:
-        return os.path.expandvars(src.url)
+def sql_url(url: str | None, conn_id: str | None) -> str:
+    """A database URL from a URL (environment variables expanded) or an Airflow connection."""
+    if url is not None:
+        return os.path.expandvars(url)
     from airflow.sdk import Connection  # only when a connection is configured
 
-    return Connection.get(src.conn_id).get_uri()
+    return Connection.get(conn_id).get_uri()
 
 
 def _fetch_sql(src: SqlSource, day: dt.date) -> pd.DataFrame:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(_sql_url(src))
+    engine = sa.create_engine(sql_url(src.url, src.conn_id))
     start = dt.datetime.combine(day, dt.time())
     try:
         with engine.connect() as conn:

@@ -186,12 +186,38 @@ class PreprocessConfig(_Section):
 
 
 class TrainConfig(_Section):
+    class Periodic(_Section):
+        """``sin``/``cos`` of ``sum(coefficient * column)`` over ``period`` (time of day, day of year)."""
+
+        columns: dict[str, float]
+        period: Annotated[float, Field(gt=0)]
+
+        @model_validator(mode="after")
+        def _some_columns(self) -> TrainConfig.Periodic:
+            if not self.columns:
+                raise ValueError("name at least one column")
+            return self
+
     epochs: Annotated[int, Field(ge=1, le=500)] = 6
     batch_size: Annotated[int, Field(ge=8, le=65536)] = 1024
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.003
+    cosine_decay: bool = False  # decay the learning rate along a cosine over the epochs
     hidden_units: tuple[Annotated[int, Field(ge=1)], ...] = (64, 32)
     embedding_dim: Annotated[int, Field(ge=1, le=256)] = 8
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    wide: bool = False  # add a linear (wide) part over the same inputs to the deep part's logit
+    input_noise: Annotated[float, Field(ge=0)] = 0.0  # std of Gaussian noise on scaled numeric inputs in training
+    # Features the model derives from the raw columns (inside the saved model):
+    # a 0/1 "was missing" input per numeric column with missing values in training;
+    missing_indicators: bool = False
+    # each numeric column also as its quantile bucket (of about this many), embedded; 0: off;
+    numeric_buckets: Annotated[int, Field(ge=0, le=256)] = 0
+    # integer-valued numeric columns also embedded as categories, column -> [low, high];
+    integer_categories: dict[str, tuple[int, int]] = {}
+    # periodic encodings, name -> {columns: {column: coefficient}, period};
+    periodic: dict[str, Periodic] = {}
+    # crosses of categorical or integer_categories columns, each embedded as one category.
+    crosses: tuple[tuple[str, ...], ...] = ()
     early_stopping_patience: Annotated[int, Field(ge=1)] = 2
     shuffle_buffer: Annotated[int, Field(ge=1)] = 50_000
     deterministic: bool = True
@@ -206,22 +232,128 @@ class BaselineConfig(_Section):
     max_leaf_nodes: Annotated[int, Field(ge=2)] = 31
 
 
+class HourBuckets(_Section):
+    column: str = "hour"
+    edges: tuple[int, ...] = (0, 6, 12, 18, 24)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> HourBuckets:
+        if len(self.edges) < 2 or list(self.edges) != sorted(set(self.edges)):
+            raise ValueError("edges must be at least two strictly increasing numbers")
+        return self
+
+
 class EvaluateConfig(_Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     baseline: BaselineConfig = BaselineConfig()
+    slice_columns: tuple[str, ...] = ("carrier", "origin", "month")
+    hour_buckets: HourBuckets = HourBuckets()
+    min_slice_rows: Annotated[int, Field(ge=1)] = 200
+    # A slice whose AUC is this far below the overall AUC is flagged on the run.
+    slice_flag_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
 class RegisterConfig(_Section):
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "flight_delay"
     champion_min_auc: Annotated[float, Field(ge=0, le=1)] = 0.6
+    # A challenger may be at most this much below the champion's AUC on the same holdout,
+    max_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.005
+    # and no slice's AUC may fall more than this below the champion's on that slice.
+    max_slice_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.03
+
+
+class SqlSink(_Section):
+    """Where batch predictions are also upserted (keyed by the data set's key columns)."""
+
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "flight_delay_predictions"
+    url: str | None = None  # environment variables are expanded, e.g. postgresql+psycopg2://${PGUSER}@host/db
+    conn_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SqlSink:
+        if (self.url is None) == (self.conn_id is None):
+            raise ValueError("set exactly one of 'url' or 'conn_id'")
+        return self
 
 
 class PredictConfig(_Section):
     batch_rows: Annotated[int, Field(ge=1)] = 100_000
+    sink: SqlSink | None = None
 
 
 class MlflowConfig(_Section):
     experiment: str = "flight_delay"
+
+
+# Evidently's drift methods (``stattest`` names). Distances flag drift above the
+# threshold, tests (ks, chisquare, ...) below it, as a p-value.
+DriftMethod = Literal[
+    "wasserstein", "psi", "jensenshannon", "kl_div", "hellinger", "ed", "TVD",
+    "ks", "chisquare", "z", "anderson", "cramer_von_mises", "mannw", "t_test",
+]
+
+
+class MonitorConfig(_Section):
+    """Drift and performance monitoring of the champion, and when it asks for retraining."""
+
+    class Drift(_Section):
+        """Per feature, an Evidently drift test of the recent window against the champion's reference."""
+
+        # Left out of the share: columns whose drift is structural (the calendar of a week
+        # never matches the calendar of a training split).
+        exclude_columns: tuple[str, ...] = ()
+        num_method: DriftMethod = "wasserstein"
+        num_threshold: Annotated[float, Field(gt=0)] = 1.5
+        cat_method: DriftMethod = "jensenshannon"
+        cat_threshold: Annotated[float, Field(gt=0)] = 0.1
+        # Retrain when at least this share of the features drifted (Evidently's dataset drift).
+        drift_share: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    class PredictionDrift(_Section):
+        """The champion's recent probabilities against its probabilities on the reference."""
+
+        method: DriftMethod = "wasserstein"
+        threshold: Annotated[float, Field(gt=0)] = 1.0
+        retrain: bool = False  # reported always; a reason to retrain only when true
+        min_rows: Annotated[int, Field(ge=1)] = 1000
+
+    class Performance(_Section):
+        """The champion's metrics on labelled scored days against its holdout metrics."""
+
+        # metric -> the largest worsening tolerated (a fall for auc, accuracy, precision and
+        # recall, a rise for log_loss and brier); retrain when one is exceeded.
+        max_worsening: dict[
+            Literal["auc", "accuracy", "precision", "recall", "log_loss", "brier"], Annotated[float, Field(ge=0)]
+        ] = {"auc": 0.05, "brier": 0.1}
+        min_rows: Annotated[int, Field(ge=1)] = 2000  # labelled rows needed before it counts
+
+        @model_validator(mode="after")
+        def _some_metric(self) -> MonitorConfig.Performance:
+            if not self.max_worsening:
+                raise ValueError("max_worsening: name at least one metric")
+            return self
+
+    class Alerts(_Section):
+        """Where notifications go: a log line and a file by default, and a webhook when a URL is set."""
+
+        channels: tuple[Literal["log", "file"], ...] = ("log", "file")
+        # A URL is a secret more often than not: MLOPS_ALERT_WEBHOOK_URL takes precedence.
+        webhook_url: Annotated[str | None, Field(pattern=r"^https?://")] = None
+        # "package.module:function", called with each alert (a dict) after the channels.
+        callback: Annotated[str | None, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] = None
+        timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    window_days: Annotated[int, Field(ge=1, le=90)] = 7  # the recent window: days ending on the monitored day
+    reference_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000  # sample of the training split
+    seed: int = 42
+    drift: Drift = Drift()
+    prediction_drift: PredictionDrift = PredictionDrift()
+    performance: Performance = Performance()
+    # At most one monitoring-triggered retraining within this many days of data.
+    cooldown_days: Annotated[int, Field(ge=0, le=365)] = 7
+    training_dag_id: str = "flights_training"
+    experiment: str = "flight_delay_monitoring"  # MLflow experiment of the monitoring runs
+    alerts: Alerts = Alerts()
 
 
 class Params(_Section):
@@ -236,6 +368,7 @@ class Params(_Section):
     register_: Annotated[RegisterConfig, Field(alias="register")] = RegisterConfig()
     predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Params:
         """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``.

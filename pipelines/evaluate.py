@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import DatasetConfig, Params
+from pipelines.config import DatasetConfig, EvaluateConfig, Params
 from pipelines.features import LABEL
 from pipelines.preprocess import load_manifest
 from pipelines.tracking import Tracking, get_or_create_run
@@ -71,17 +71,121 @@ def fit_baseline(train: pd.DataFrame, params: Params):
     return model, categories
 
 
+def slice_keys(frame: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, pd.Series]:
+    """The slicing columns: each configured column, plus hour-of-day buckets."""
+    keys = {col: frame[col].astype(str) for col in cfg.slice_columns if col in frame.columns}
+    hb = cfg.hour_buckets
+    if hb.column in frame.columns:
+        edges = list(hb.edges)
+        labels = [f"{lo:02d}-{hi:02d}h" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        keys["hour_bucket"] = pd.cut(frame[hb.column], bins=edges, right=False, labels=labels).astype(str)
+    return keys
+
+
+def slice_metrics(
+    frame: pd.DataFrame, y: np.ndarray, proba: np.ndarray, cfg: EvaluateConfig, threshold: float
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics per slice value, for slices with at least ``cfg.min_slice_rows`` rows."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, key in slice_keys(frame, cfg).items():
+        out[name] = {}
+        for value, idx in key.groupby(key, observed=True).indices.items():
+            if len(idx) >= cfg.min_slice_rows and len(np.unique(y[idx])) == 2:
+                out[name][str(value)] = binary_metrics(y[idx], proba[idx], threshold)
+    return out
+
+
+def flag_slices(overall: dict[str, float], slices: dict[str, dict[str, dict[str, float]]], margin: float) -> list[str]:
+    """Slices whose AUC falls more than ``margin`` below the overall AUC."""
+    return [
+        f"{name}={value}: AUC {m['auc']:.3f} vs {overall['auc']:.3f} overall"
+        for name, values in slices.items()
+        for value, m in values.items()
+        if m["auc"] < overall["auc"] - margin
+    ]
+
+
+def _plots(y: np.ndarray, curves: dict[str, np.ndarray], threshold: float, out_dir: Path) -> list[Path]:
+    """ROC, precision-recall, reliability curves and the challenger's confusion matrix, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
+
+    paths = []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for name, proba in curves.items():
+        fpr, tpr, _ = roc_curve(y, proba)
+        axes[0].plot(fpr, tpr, label=name)
+        prec, rec, _ = precision_recall_curve(y, proba)
+        axes[1].plot(rec, prec, label=name)
+        frac, mean = calibration_curve(y, proba, n_bins=10, strategy="quantile")
+        axes[2].plot(mean, frac, marker="o", label=name)
+    axes[0].plot([0, 1], [0, 1], "k:", lw=1)
+    axes[2].plot([0, 1], [0, 1], "k:", lw=1)
+    for ax, (title, xl, yl) in zip(
+        axes,
+        [("ROC", "false positive rate", "true positive rate"), ("Precision-recall", "recall", "precision"),
+         ("Reliability", "mean predicted probability", "observed delay rate")],
+        strict=True,
+    ):
+        ax.set_title(title)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "curves.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(
+        y, (curves["challenger"] >= threshold).astype(int), display_labels=["on time", "late"], ax=ax, colorbar=False
+    )
+    ax.set_title(f"Challenger at threshold {threshold}")
+    fig.tight_layout()
+    paths.append(out_dir / "confusion_matrix.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def _score_champion(params: Params, holdout: pd.DataFrame, tracking_uri: str) -> tuple[str | None, np.ndarray | None]:
+    """The current champion's probabilities on the same holdout (None before the first promotion)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = params.register_.model_name
+    client = mlflow.MlflowClient(tracking_uri, tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, "champion").version
+    except MlflowException:
+        return None, None
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    proba = model.predict(holdout[list(params.dataset.features.all)])["delay_probability"].to_numpy()
+    return str(version), np.asarray(proba, dtype=np.float32)
+
+
 def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Path, tracking: Tracking) -> dict[str, Any]:
-    """Score the model and the baseline on the holdout; log and return both metric sets."""
+    """Score the challenger, the current champion and a baseline on the same holdout.
+
+    Overall and per-slice metrics for each, flagged slices, and ROC, precision-recall,
+    reliability and confusion-matrix plots; all logged to the run's MLflow run and
+    written to ``out_dir`` (``evaluation.json``, ``holdout_scores.parquet``, PNGs).
+    """
     import mlflow
 
     from pipelines.model import load_model
     from pipelines.tfdata import make_dataset
 
-    spec, threshold = params.dataset, params.evaluate.threshold
+    spec, cfg, threshold = params.dataset, params.evaluate, params.evaluate.threshold
     manifest = load_manifest(processed_dir)
     splits = manifest["splits"]
     holdout = pd.read_parquet(splits["holdout"]["parquet"])
+    y = holdout[LABEL].to_numpy()
 
     model = load_model(str(model_path))
     ds = make_dataset(
@@ -90,27 +194,60 @@ def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Pat
     proba = np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
     if len(proba) != len(holdout):
         raise RuntimeError(f"holdout shards hold {len(proba)} rows, the holdout split {len(holdout)}")
-    model_metrics = binary_metrics(holdout[LABEL].to_numpy(), proba, threshold)
+    curves = {"challenger": proba}
 
     train = pd.read_parquet(splits["train"]["parquet"])
     baseline, categories = fit_baseline(train, params)
-    base_proba = baseline.predict_proba(_baseline_frame(holdout, spec, categories))[:, 1]
-    baseline_metrics = binary_metrics(holdout[LABEL].to_numpy(), base_proba, threshold)
+    curves["baseline"] = baseline.predict_proba(_baseline_frame(holdout, spec, categories))[:, 1]
+    champion_version, champion_proba = _score_champion(params, holdout, tracking.tracking_uri)
+    if champion_proba is not None:
+        curves["champion"] = champion_proba
 
-    result = {"model": model_metrics, "baseline": baseline_metrics, "threshold": threshold}
+    result: dict[str, Any] = {"threshold": threshold, "champion_version": champion_version}
+    for name, p in curves.items():
+        overall = binary_metrics(y, p, threshold)
+        slices = slice_metrics(holdout, y, p, cfg, threshold)
+        result[name] = {"overall": overall, "slices": slices}
+    result["flagged_slices"] = flag_slices(result["challenger"]["overall"], result["challenger"]["slices"], cfg.slice_flag_margin)
+    # Kept at the top level too: what register and the CLI read.
+    result["model"] = result["challenger"]["overall"]
+
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=1))
+    scores = holdout[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
+    scores[LABEL] = y
+    for name, p in curves.items():
+        scores[name] = p
+    scores.to_parquet(out_dir / "holdout_scores.parquet", index=False)
+    plots = _plots(y, curves, threshold, out_dir)
 
     run_id = get_or_create_run(tracking)
     client = mlflow.MlflowClient(tracking.tracking_uri)
-    metrics = {f"holdout_{k}": v for k, v in model_metrics.items()}
-    metrics.update({f"baseline_holdout_{k}": v for k, v in baseline_metrics.items()})
+    now = int(time.time() * 1000)
+    metrics = {f"holdout_{k}": v for k, v in result["challenger"]["overall"].items()}
+    metrics.update({f"baseline_holdout_{k}": v for k, v in result["baseline"]["overall"].items()})
+    if "champion" in result:
+        metrics.update({f"champion_holdout_{k}": v for k, v in result["champion"]["overall"].items()})
     client.log_batch(
-        run_id,
-        metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items() if np.isfinite(v)],
+        run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)]
     )
-    client.log_artifact(run_id, str(out_dir / EVALUATION_FILE), "evaluation")
+    client.set_tag(run_id, "evaluation.flagged_slices", "; ".join(result["flagged_slices"]) or "none")
+    for path in [out_dir / EVALUATION_FILE, *plots]:
+        client.log_artifact(run_id, str(path), "evaluation")
+    for line in result["flagged_slices"]:
+        log.warning("flagged slice: %s", line)
     log.info(
-        "holdout AUC: model %.4f, baseline %.4f", model_metrics["auc"], baseline_metrics["auc"]
+        "holdout AUC: challenger %.4f, baseline %.4f, champion %s",
+        result["challenger"]["overall"]["auc"],
+        result["baseline"]["overall"]["auc"],
+        f"{result['champion']['overall']['auc']:.4f} (v{champion_version})" if "champion" in result else "none yet",
     )
-    return {"mlflow_run_id": run_id, "evaluation_path": str(out_dir / EVALUATION_FILE), "model": model_metrics, "baseline": baseline_metrics}
+    return {
+        "mlflow_run_id": run_id,
+        "evaluation_path": str(out_dir / EVALUATION_FILE),
+        "model": result["challenger"]["overall"],
+        "baseline": result["baseline"]["overall"],
+        "champion": result.get("champion", {}).get("overall"),
+        "champion_version": champion_version,
+        "flagged_slices": result["flagged_slices"],
+    }

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.collect import available_days, fetch_day, partition_dir, source_date
-from pipelines.config import Params
+from pipelines.config import Params, SqlSink
 from pipelines.features import frame_fingerprint
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,11 @@ def batch_predict(
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
-    version = client.get_model_version_by_alias(name, alias).version
+    try:
+        version = client.get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException:
+        log.warning("%s has no %r alias yet (no model passed the promotion gate): nothing scored", name, alias)
+        return {"rows": 0, "path": None, "day": day.isoformat(), "skipped": f"no {alias} model yet"}
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
     scores = []
@@ -106,6 +110,8 @@ def batch_predict(
     out["input_fingerprint"] = fingerprint
     out["scored_at"] = pd.Timestamp.now(tz="UTC")
 
+    if params.predict.sink is not None:
+        upsert(out, params.predict.sink, list(spec.key_columns))
     path = partition_dir(predictions_dir, day) / PREDICTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -121,3 +127,46 @@ def batch_predict(
         "input_fingerprint": fingerprint,
         "input_warnings": [f.line() for f in report.warnings],
     }
+
+
+def upsert(frame: pd.DataFrame, sink: SqlSink, keys: list[str]) -> int:
+    """Insert or update rows by ``keys`` in ``sink.table`` (created on first use), in one transaction.
+
+    Works with PostgreSQL and SQLite (``INSERT ... ON CONFLICT DO UPDATE``).
+
+    Returns:
+        The number of rows written.
+    """
+    import sqlalchemy as sa
+
+    from pipelines.collect import sql_url
+
+    engine = sa.create_engine(sql_url(sink.url, sink.conn_id))
+    try:
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            raise ValueError(f"the SQL sink supports PostgreSQL and SQLite, not {engine.dialect.name}")
+        types = {
+            "object": sa.Text, "bool": sa.Boolean, "float32": sa.Float, "float64": sa.Float, "int64": sa.BigInteger,
+        }
+        columns = []
+        for col, dtype in frame.dtypes.items():
+            kind = sa.DateTime(timezone=True) if "datetime" in str(dtype) else types.get(str(dtype), sa.Text)()
+            columns.append(sa.Column(col, kind, primary_key=col in keys))
+        table = sa.Table(sink.table, sa.MetaData(), *columns)
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        with engine.begin() as conn:
+            table.create(conn, checkfirst=True)
+            for lo in range(0, len(records), 5000):
+                stmt = insert(table).values(records[lo : lo + 5000])
+                update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+                conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+    except sa.exc.SQLAlchemyError as err:
+        raise RuntimeError(f"SQL sink {engine.url.render_as_string(hide_password=True)} table {sink.table}: {err}") from None
+    finally:
+        engine.dispose()
+    log.info("upserted %d rows into %s", len(records), sink.table)
+    return len(records)

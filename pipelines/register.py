@@ -1,14 +1,15 @@
-"""Register: log the model to the MLflow registry with its lineage, and set its aliases.
+"""Register: log the model to the MLflow registry with its lineage, and run the promotion gate.
 
-Every registered version gets the alias ``challenger``. It also becomes
-``champion`` when its holdout AUC meets ``register.champion_min_auc``; the
-previous champion stays registered and can be restored by moving the alias
-back. Aliases, never stages.
+Every registered version gets the alias ``challenger``. It becomes
+``champion`` only when :func:`pipelines.promote.decide` says so (or a manual
+run forces it, with a reason); the decision, its reasons and a model card are
+recorded on the version, and the move in the promotion log. The previous
+champion stays registered: ``python -m pipelines rollback`` restores it.
+Aliases, never stages.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -18,13 +19,12 @@ import pandas as pd
 
 from pipelines.config import Params
 from pipelines.preprocess import load_manifest
+from pipelines.promote import CHALLENGER, CHAMPION, alias_version, decide, model_card, record_move
 from pipelines.settings import REPO_ROOT
 from pipelines.tracking import Tracking, code_revision, get_or_create_run
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 def _input_example(params: Params, processed_dir: Path) -> pd.DataFrame:
@@ -45,13 +45,17 @@ def register(
     tracking: Tracking,
     lineage: dict[str, str],
     work_dir: Path,
+    log_dir: Path,
+    force_reason: str | None = None,
 ) -> dict[str, Any]:
-    """Log the pyfunc model in the pipeline run, register a version, set its aliases.
+    """Log the pyfunc model in the pipeline run, register a version, run the promotion gate.
 
     Args:
         evaluation: the result of :func:`pipelines.evaluate.evaluate`.
         lineage: extra tags for the version (DAG id, run id, data version, ...).
-        work_dir: scratch for the files logged beside the model.
+        work_dir: scratch for the files logged beside the model (model card, feature spec).
+        log_dir: where the promotion log lives.
+        force_reason: promote whatever the gate says, for this stated reason.
 
     Returns:
         Model name, version, URI, aliases, and why the champion alias moved or not.
@@ -91,9 +95,15 @@ def register(
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
+    # Drift monitoring compares against this version's own training sample and probabilities.
+    from pipelines.monitor import REFERENCE_ARTIFACT_DIR, REFERENCE_URI_TAG, write_reference
 
-    auc = float(evaluation["model"]["auc"])
-    floor = params.register_.champion_min_auc
+    reference = write_reference(params, Path(manifest["splits"]["train"]["parquet"]), model_path, work_dir / "monitoring")
+    client.log_artifact(run_id, str(reference), REFERENCE_ARTIFACT_DIR)
+    client.set_model_version_tag(name, version, REFERENCE_URI_TAG, f"runs:/{run_id}/{REFERENCE_ARTIFACT_DIR}/{reference.name}")
+
+    full = json.loads(Path(evaluation["evaluation_path"]).read_text())
+    auc = float(full["challenger"]["overall"]["auc"])
     tags = {
         "lineage.code_revision": code_revision(),
         "lineage.data_fingerprint": manifest["data_fingerprint"],
@@ -101,43 +111,63 @@ def register(
         "lineage.window_end": manifest["window_end"],
         "lineage.mlflow_run_id": run_id,
         "metrics.holdout_auc": f"{auc:.6f}",
-        "metrics.baseline_holdout_auc": f"{float(evaluation['baseline']['auc']):.6f}",
+        "metrics.baseline_holdout_auc": f"{float(full['baseline']['overall']['auc']):.6f}",
         **{f"lineage.{k}": str(v) for k, v in lineage.items()},
         **{f"params.{k}": str(v) for k, v in params.model_dump(by_alias=True)["train"].items()},
     }
+    if full.get("champion"):
+        tags["metrics.champion_holdout_auc"] = f"{float(full['champion']['overall']['auc']):.6f}"
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
 
+    decision = decide(full, params.register_, force_reason)
+    previous = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]
-    previous = _alias_version(client, name, CHAMPION)
-    if auc >= floor:
+    if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         aliases.append(CHAMPION)
-        decision = f"promoted: holdout AUC {auc:.4f} >= floor {floor}"
-    else:
-        decision = f"kept as challenger: holdout AUC {auc:.4f} < floor {floor}"
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(name, version, "promotion.decision", decision)
+    client.set_model_version_tag(name, version, "promotion.decision", decision.summary[:5000])
     client.set_model_version_tag(name, version, "promotion.previous_champion", previous or "none")
-    client.set_model_version_tag(name, version, "promotion.decided_at", now)
+    client.set_model_version_tag(name, version, "promotion.forced", str(decision.forced).lower())
+    record_move(
+        client,
+        name,
+        version,
+        action=("force-promote" if decision.forced else "promote") if decision.promote else "refuse",
+        previous=previous,
+        reason=decision.summary,
+        run=f"{lineage.get('dag_id', '')}/{lineage.get('run_id', '')}",
+        metrics={"auc": auc},
+        log_dir=log_dir,
+    )
+    card = work_dir / "model_card.md"
+    card.write_text(
+        model_card(
+            name,
+            version,
+            full,
+            decision,
+            {k.removeprefix("lineage."): v for k, v in tags.items() if k.startswith("lineage.")},
+            {"numeric": list(params.dataset.features.numeric), "categorical": list(params.dataset.features.categorical)},
+            f"{params.dataset.label.source_column} {params.dataset.label.operator} {params.dataset.label.threshold:g}, "
+            f"missing counts as {params.dataset.label.missing}",
+        ),
+        encoding="utf-8",
+    )
+    client.log_artifact(run_id, str(card), f"model_card/v{version}")
+    client.update_model_version(name, version, description=decision.summary[:5000])
     client.set_tag(run_id, "registered_model_version", version)
-    log.info("registered %s version %s (%s); %s", name, version, ", ".join(aliases), decision)
+    client.set_tag(run_id, "promotion.decision", decision.summary[:5000])
+    log.info("registered %s version %s (%s); %s", name, version, ", ".join(aliases), decision.summary)
     return {
         "model_name": name,
         "model_version": version,
         "model_uri": f"models:/{name}/{version}",
         "aliases": aliases,
-        "decision": decision,
+        "promoted": decision.promote,
+        "decision": decision.summary,
         "previous_champion": previous,
         "mlflow_run_id": run_id,
+        "model_card": str(card),
     }
-
-
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
-    import mlflow.exceptions
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params, load_params
+from pipelines.config import ConfigError, Params, load_params
 from pipelines.settings import Settings, resolve
 from pipelines.tracking import Tracking
 
@@ -40,6 +40,7 @@ class RunContext:
     run_day: dt.date  # the day of data this run collects, in the run's calendar
     overrides: dict[str, Any] = field(default_factory=dict)
     settings: Settings = field(default_factory=resolve)
+    force_reason: str | None = None  # a manual run's stated reason to promote whatever the gate says
 
     @classmethod
     def from_trigger(
@@ -50,7 +51,15 @@ class RunContext:
         overrides = {
             PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None
         }
-        return cls(dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides)
+        force_reason = None
+        if trigger_params.get("force_promotion"):
+            force_reason = (trigger_params.get("promotion_reason") or "").strip()
+            if len(force_reason) < 10:
+                raise ConfigError(
+                    "force_promotion needs 'promotion_reason': say in at least 10 characters why "
+                    "the gate is overridden (it is recorded on the model version and in the promotion log)"
+                )
+        return cls(dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides, force_reason=force_reason)
 
     @cached_property
     def params(self) -> Params:
@@ -150,7 +159,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def run_version_data(ctx: RunContext, processed: dict[str, Any]) -> dict[str, Any]:
+def run_version_data(
+    ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Record the raw partitions and this run's processed data as a DVC dataset version.
 
     The processed data is published to ``data/processed``; both folders are
@@ -165,7 +176,7 @@ def run_version_data(ctx: RunContext, processed: dict[str, Any]) -> dict[str, An
         _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
         log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
         return {**base, "versioned": False}
-    from pipelines import versioning
+    from pipelines import datasheet, versioning
     from pipelines.collect import source_date
 
     repo = settings.dvc_repo
@@ -188,7 +199,12 @@ def run_version_data(ctx: RunContext, processed: dict[str, Any]) -> dict[str, An
             repo,
             [settings.raw_dir, settings.processed_dir],
             message=f"Dataset for {end.isoformat()} ({note})",
-            contents={"params.yaml": effective_params_yaml(ctx.params, end, note)},
+            contents={
+                "params.yaml": effective_params_yaml(ctx.params, end, note),
+                "DATASHEET.md": datasheet.render(
+                    ctx.params, settings.raw_dir, settings.processed_dir, versioning.default_remote_url(), validated
+                ),
+            },
         )
         git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
         if git_remote:
@@ -249,6 +265,8 @@ def run_register(
         ctx.tracking,
         lineage,
         ctx.run_dir / "register",
+        log_dir=ctx.settings.home,
+        force_reason=ctx.force_reason,
     )
 
 
@@ -272,7 +290,7 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
     collected = run_collect(ctx)
     validated = run_validate(ctx, collected)
     processed = run_preprocess(ctx)
-    versioned = run_version_data(ctx, processed)
+    versioned = run_version_data(ctx, processed, validated)
     trained = run_train(ctx, processed, validated)
     evaluation = run_evaluate(ctx, processed, trained)
     registered = run_register(ctx, processed, trained, evaluation, versioned)
@@ -287,3 +305,118 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
         "register": registered,
         "batch_predict": predicted,
     }
+
+
+# --------------------------------------------------------------------------- monitoring
+# The flights_monitoring DAG's steps: ctx.run_day is the monitored day, the last day of
+# the window. Reports go to the run's folder and to the monitoring run in MLflow.
+
+
+def run_check_published(ctx: RunContext) -> dict[str, Any]:
+    """Whether the monitored day is published in ``data/raw`` yet (the DAG's sensor)."""
+    from pipelines.collect import partition_path, source_date
+
+    day = source_date(ctx.params.dataset, ctx.run_day)
+    path = partition_path(ctx.settings.raw_dir, day)
+    return {"day": ctx.run_day.isoformat(), "source_day": day.isoformat(), "published": path.is_file(), "path": str(path)}
+
+
+def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
+    """The champion this monitoring run watches (version, reference, holdout metrics), resolved once."""
+    from pipelines import monitor
+
+    champion = monitor.resolve_champion(ctx.settings.tracking_uri, ctx.params.register_.model_name)
+    monitor.start_monitoring_run(ctx.tracking, ctx.params.monitor.experiment, champion)
+    return champion.as_dict()
+
+
+def run_check_data_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """Every feature of the recent window against the champion's reference."""
+    from pipelines import monitor
+
+    return monitor.data_drift_step(
+        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+    )
+
+
+def run_check_prediction_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """The champion's probabilities on the window against its probabilities on the reference."""
+    from pipelines import monitor
+
+    return monitor.prediction_drift_step(
+        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+    )
+
+
+def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """The champion's metrics on the labelled days it scored in the window, against its holdout metrics."""
+    from pipelines import monitor
+
+    return monitor.performance_step(
+        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+    )
+
+
+def run_decide(
+    ctx: RunContext,
+    checks: dict[str, dict[str, Any]],
+    last_retraining: dict[str, Any] | None,
+    active_training_runs: int,
+) -> dict[str, Any]:
+    """Retrain or not; with the training run's id and conf when it does.
+
+    Args:
+        checks: ``data_drift``, ``prediction_drift`` and ``performance`` results.
+        last_retraining: what the last triggered retraining recorded (its ``day``), or None.
+        active_training_runs: training runs queued or running now.
+    """
+    from pipelines import monitor
+
+    return monitor.decide_step(
+        ctx.params, ctx.run_day, checks, last_retraining, active_training_runs, ctx.tracking,
+        ctx.run_dir / "monitor", trigger_run_id=f"retrain__{ctx.run_day.isoformat()}__{ctx.run_id}",
+    )
+
+
+def run_record_retraining(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+    """After the training run was created: alert, and note it on the monitoring run."""
+    from pipelines import alerts, monitor
+
+    alert = alerts.retraining_alert(decision, dag_id=ctx.dag_id, run_id=ctx.run_id, training_run_id=decision["trigger_run_id"])
+    sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home)
+    monitor.note_retraining(ctx.tracking, ctx.params.monitor.experiment, decision)
+    return {
+        "day": decision["day"],
+        "training_dag_id": decision["training_dag_id"],
+        "training_run_id": decision["trigger_run_id"],
+        "reason": decision["reason"],
+        "report": decision["report"],
+        "alerts": sent,
+    }
+
+
+def run_record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    """In a training run started by monitoring: record why on its MLflow run (tags and note).
+
+    ``trigger_params`` are the DAG run's params; without ``trigger_reason`` nothing is recorded.
+    """
+    from pipelines.monitor import record_trigger
+    from pipelines.tracking import get_or_create_run
+
+    reason, report = trigger_params.get("trigger_reason"), trigger_params.get("trigger_report")
+    if not reason:
+        return {"recorded": False}
+    run_id = get_or_create_run(ctx.tracking)
+    record_trigger(ctx.settings.tracking_uri, run_id, reason, report)
+    log.info("triggered by monitoring: %s (report: %s)", reason, report)
+    return {"recorded": True, "mlflow_run_id": run_id, "reason": reason, "report": report}
+
+
+def run_alert_promotion(ctx: RunContext, registered: dict[str, Any]) -> dict[str, Any]:
+    """Alert ``promotion_refused`` when the registered version did not become champion."""
+    from pipelines import alerts
+
+    alert = alerts.promotion_refused_alert(registered, dag_id=ctx.dag_id, run_id=ctx.run_id)
+    if alert is None:
+        return {"alerted": False}
+    return {"alerted": True, "channels": alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home)}

@@ -1,17 +1,32 @@
 """The tf.data input pipeline: stream sharded TFRecord blocks into training batches.
 
-interleave (parallel reads over shards) -> parse whole blocks in parallel and\npack each into three dense tensors (numeric, categorical, label) ->
-optional cache -> unbatch -> shuffle -> batch -> prefetch. Memory is bounded
-by the shuffle buffer and the prefetch depth, not by the size of the data,
-unless ``cache`` is on (then the parsed data is held in memory once).
+interleave (parallel reads over shards) -> parse whole blocks (records of
+``rows_per_record`` rows) in parallel -> optional ``preprocess`` per block ->
+optional cache -> shuffle -> cut into batches -> prefetch.
+
+No stage works row by row, which is what kept a CPU epoch slow: shuffling
+moves whole blocks (their order) and then permutes rows within windows of
+``shuffle_buffer`` rows with one gather per tensor, and ``rebatch`` cuts
+batches out of blocks without unbatching them. Memory is bounded by the
+buffers and the prefetch depth, not by the size of the data, unless
+``cache`` is on (then the parsed data is held in memory once).
+
+With ``preprocess`` (the model's preprocessing part,
+:func:`pipelines.model.build_preprocessing`) each block goes through it
+before the cache: the lookups run once per block (once in all with
+``cache``) on the input pipeline's threads, outside any distribution
+strategy, and the batches hold the model's tensors instead of raw features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pipelines.config import DatasetConfig
 from pipelines.features import LABEL
+
+SHUFFLE_BLOCKS = 64  # blocks held to shuffle their order
 
 
 def feature_description(spec: DatasetConfig) -> dict:
@@ -25,23 +40,23 @@ def feature_description(spec: DatasetConfig) -> dict:
     return desc
 
 
-def _packer(spec: DatasetConfig):
-    """Block of parsed columns -> three dense tensors, so per-row stages move 3 tensors, not ~20."""
+def _splitter(preprocess: Callable[[dict[str, Any]], Any] | None):
+    """Block of parsed columns -> ``(features, label)``, the features through ``preprocess`` if given."""
+
+    def split(block: dict):
+        features = {k: v for k, v in block.items() if k != LABEL}
+        return (features if preprocess is None else preprocess(features)), block[LABEL]
+
+    return split
+
+
+def _permute_rows(seed: Any, element: Any):
+    """The rows of every tensor of ``element`` in one random order, drawn from ``seed``."""
     import tensorflow as tf
 
-    numeric, categorical = list(spec.features.numeric), list(spec.features.categorical)
-
-    def pack(block: dict):
-        num = tf.stack([block[c] for c in numeric], axis=1) if numeric else tf.zeros([tf.shape(block[LABEL])[0], 0])
-        cat = tf.stack([block[c] for c in categorical], axis=1) if categorical else tf.zeros([tf.shape(block[LABEL])[0], 0], tf.string)
-        return num, cat, block[LABEL]
-
-    def unpack(num, cat, label):
-        features = {c: num[:, i] for i, c in enumerate(numeric)}
-        features.update({c: cat[:, i] for i, c in enumerate(categorical)})
-        return features, label
-
-    return pack, unpack
+    rows = tf.shape(tf.nest.flatten(element)[0])[0]
+    order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed=seed)
+    return tf.nest.map_structure(lambda t: tf.gather(t, order), element)
 
 
 def make_dataset(
@@ -56,6 +71,7 @@ def make_dataset(
     deterministic: bool = True,
     cache: bool = False,
     repeat: bool = False,
+    preprocess: Callable[[dict[str, Any]], Any] | None = None,
 ):
     """A ``tf.data.Dataset`` of ``(features, label)`` batches; features map name -> (batch,) tensor.
 
@@ -64,9 +80,14 @@ def make_dataset(
         spec: the data set spec (which columns are numeric, categorical).
         batch_size: examples per batch (the global batch under a distribution strategy).
         compression: the shards' compression ("GZIP", "ZLIB" or "").
-        shuffle: shuffle shard order and examples (training); off for evaluation.
+        shuffle: shuffle shard and block order, and rows within windows of
+            ``shuffle_buffer`` rows, anew each epoch (training); off for evaluation.
+        seed: the seed of every shuffle.
         deterministic: keep a fixed element order in parallel stages (reproducible runs).
-        cache: keep parsed blocks in memory after the first epoch.
+        cache: keep parsed (and preprocessed) blocks in memory after the first epoch.
+        repeat: repeat the data indefinitely.
+        preprocess: a row-wise map from a block's raw features to model tensors
+            (a dict of ``(rows, ...)`` tensors); the batches then hold its outputs.
     """
     import tensorflow as tf
 
@@ -74,6 +95,7 @@ def make_dataset(
         raise ValueError("make_dataset needs at least one TFRecord file")
     autotune = tf.data.AUTOTUNE
     desc = feature_description(spec)
+    split = _splitter(preprocess)
     ds = tf.data.Dataset.from_tensor_slices(sorted(files))
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -83,21 +105,23 @@ def make_dataset(
         num_parallel_calls=autotune,
         deterministic=deterministic,
     )
-    pack, unpack = _packer(spec)
     ds = ds.map(
-        lambda rec: pack(tf.io.parse_single_example(rec, desc)),
+        lambda rec: split(tf.io.parse_single_example(rec, desc)),
         num_parallel_calls=autotune,
         deterministic=deterministic,
     )
     if cache:
         ds = ds.cache()
-    ds = ds.unbatch()
     if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(SHUFFLE_BLOCKS, seed=seed, reshuffle_each_iteration=True)
+        windows = ds.rebatch(shuffle_buffer)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(seeds, windows).map(
+            _permute_rows, num_parallel_calls=autotune, deterministic=deterministic
+        )
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, num_parallel_calls=autotune, deterministic=deterministic)
-    ds = ds.map(unpack, num_parallel_calls=autotune, deterministic=deterministic)
+    ds = ds.rebatch(batch_size)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)

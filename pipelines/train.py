@@ -1,5 +1,12 @@
 """Train: fit the Keras model on the streamed training split, logging to MLflow.
 
+The model's preprocessing part (lookups, imputation, scaling, derived
+features) runs in the tf.data pipeline; the core model (embeddings, dense
+layers) is built inside the distribution strategy and fitted on its outputs,
+so multi-device training never sees a string tensor. The two are then
+composed into the full model (raw features in, probability out), which is
+what ``model.keras`` holds.
+
 Checkpoints go to the run's own folder (Keras ``BackupAndRestore``), so a
 retried task resumes from its last completed epoch. Early stopping watches
 the validation AUC and restores the best weights.
@@ -51,6 +58,75 @@ def _flat_params(params: Params) -> dict[str, str]:
     return out
 
 
+def fit_model(
+    params: Params,
+    processed_dir: Path,
+    hardware: Any,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, dict[str, list[float]], float]:
+    """Fit the core model on the preprocessed training split and compose the full model.
+
+    Args:
+        params: the parsed params (``train`` section: epochs, batch size, ...).
+        processed_dir: the output of :func:`pipelines.preprocess.preprocess`.
+        hardware: from :func:`pipelines.model.select_hardware`; the global
+            batch is ``train.batch_size`` per replica times the replicas.
+        callbacks: Keras callbacks besides early stopping (checkpoints, logging).
+
+    Returns:
+        The full model (raw features in, probability out), the fit history and
+        the seconds spent fitting.
+    """
+    import keras
+
+    import pandas as pd
+
+    from pipelines.features import to_model_inputs
+    from pipelines.model import bucket_boundaries, build_core_model, build_preprocessing, compose_model
+    from pipelines.tfdata import make_dataset
+
+    cfg = params.train
+    manifest = load_manifest(processed_dir)
+    stats = json.loads((processed_dir / STATS_FILE).read_text())
+    global_batch = cfg.batch_size * hardware.strategy.num_replicas_in_sync
+    log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
+
+    splits = manifest["splits"]
+    boundaries = None
+    if cfg.numeric_buckets:
+        train_frame = pd.read_parquet(splits["train"]["parquet"], columns=list(params.dataset.features.numeric))
+        boundaries = bucket_boundaries(to_model_inputs(train_frame, params.dataset.features.__class__(
+            numeric=params.dataset.features.numeric, categorical=())), cfg.numeric_buckets)
+    preprocessing = build_preprocessing(params.dataset, stats, cfg, boundaries)  # outside the strategy: no variables
+    common = {
+        "compression": params.preprocess.compression,
+        "deterministic": cfg.deterministic,
+        "cache": cfg.cache,
+        "preprocess": preprocessing,
+    }
+    train_ds = make_dataset(
+        splits["train"]["tfrecords"],
+        params.dataset,
+        global_batch,
+        shuffle=True,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        **common,
+    )
+    val_ds = make_dataset(splits["validation"]["tfrecords"], params.dataset, global_batch, **common)
+    with hardware.strategy.scope():
+        core = build_core_model(preprocessing, cfg, steps_per_epoch=-(-splits["train"]["rows"] // global_batch))
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
+    )
+    started = time.perf_counter()
+    history = core.fit(
+        train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=[*(callbacks or []), early_stopping], verbose=2
+    )
+    seconds = time.perf_counter() - started
+    return compose_model(preprocessing, core), history.history, seconds
+
+
 def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracking) -> dict[str, Any]:
     """Fit the model on ``processed_dir``'s shards; save it to ``model_dir``.
 
@@ -67,34 +143,14 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     import mlflow
     import tensorflow as tf
 
-    from pipelines.model import build_model, select_hardware
-    from pipelines.tfdata import make_dataset
+    from pipelines.model import select_hardware
 
     cfg = params.train
     manifest = load_manifest(processed_dir)
-    stats = json.loads((processed_dir / STATS_FILE).read_text())
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-
     hardware = select_hardware(cfg.mixed_precision)
-    replicas = hardware.strategy.num_replicas_in_sync
-    global_batch = cfg.batch_size * replicas
-    log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
-
-    splits = manifest["splits"]
-    common = {"compression": params.preprocess.compression, "deterministic": cfg.deterministic}
-    train_ds = make_dataset(
-        splits["train"]["tfrecords"],
-        params.dataset,
-        global_batch,
-        shuffle=True,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed,
-        cache=cfg.cache,
-        **common,
-    )
-    val_ds = make_dataset(splits["validation"]["tfrecords"], params.dataset, global_batch, cache=cfg.cache, **common)
 
     run_id = get_or_create_run(tracking)
     client = mlflow.MlflowClient(tracking.tracking_uri)
@@ -107,21 +163,11 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     client.set_tag(run_id, "data.raw_fingerprint", manifest["raw_fingerprint"])
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    with hardware.strategy.scope():
-        model = build_model(params.dataset, stats, cfg)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(model_dir / "backup")),
-        keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
-        ),
-        _mlflow_epoch_callback(client, run_id),
-    ]
-    started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
-    seconds = time.perf_counter() - started
+    callbacks = [keras.callbacks.BackupAndRestore(str(model_dir / "backup")), _mlflow_epoch_callback(client, run_id)]
+    model, history, seconds = fit_model(params, processed_dir, hardware, callbacks)
     model_path = model_dir / MODEL_FILE
     model.save(model_path)
-    val_auc = history.history.get("val_auc", [float("nan")])
+    val_auc = history.get("val_auc", [float("nan")])
     result = {
         "mlflow_run_id": run_id,
         "model_path": str(model_path),
@@ -132,6 +178,6 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     }
     client.log_metric(run_id, "train_seconds", seconds)
     client.log_metric(run_id, "best_val_auc", result["best_val_auc"])
-    (model_dir / "history.json").write_text(json.dumps(history.history, indent=1))
+    (model_dir / "history.json").write_text(json.dumps(history, indent=1))
     log.info("trained %d epoch(s) in %.1fs, best val AUC %.4f", result["epochs_run"], seconds, result["best_val_auc"])
     return result

@@ -135,6 +135,9 @@ def test_fresh_clone_pulls_byte_identical_data(versioned_runs, tmp_path) -> None
         )
         processed = dest / "data" / "processed"
         assert files_fingerprint(processed.glob("splits/*.parquet"), processed) == v.tags["lineage.data_fingerprint"]
+        sheet = (dest / "DATASHEET.md").read_text()
+        assert "Collection window" in sheet and "Who can read it" in sheet and "Retention" in sheet
+        assert "Validation**: passed" in sheet
         params = load_params(dest / "params.yaml")  # the run's effective params
         assert params.preprocess.window_end == dt.date.fromisoformat(DAYS[i])
         assert params.preprocess.training_window_days == RUN_CONF["training_window_days"]

@@ -1,0 +1,248 @@
+"""
+### Flight delay monitoring: drift, performance, and retraining when they move
+
+Runs after new data arrives (the `flights_collected` Asset, emitted by the training DAG's
+`collect` task) or by hand for a given day:
+**wait_for_data → resolve_champion → check_data_drift, check_prediction_drift, check_performance →
+decide → should_retrain → trigger_training → record_retraining**.
+
+The window is the `monitor.window_days` days ending on the monitored day; the reference is a
+sample of the current champion's own training split, logged with its model version.
+
+* **check_data_drift**: every feature of the window's published rows against the reference.
+* **check_prediction_drift**: the champion's probabilities on the days it scored against its
+  probabilities on the reference.
+* **check_performance**: its metrics on the scored days whose labels are in, against its holdout
+  metrics.
+
+Each check writes an Evidently report (HTML and JSON) to
+`$MLOPS_HOME/runs/flights_monitoring/<run id>/monitor/` and to the run's MLflow run
+(experiment `monitor.experiment`, folder `reports/`); the task log gives their paths.
+
+**decide** asks for retraining when the share of drifted features reaches `monitor.drift.drift_share`
+or a metric is worse than on the holdout by more than `monitor.performance.max_worsening`, unless a
+training run is queued or running, or a retraining was triggered within `monitor.cooldown_days`
+days of data (kept in the asset state store of `flights_retraining_requested`).
+**trigger_training** creates a `flights_training` run with conf `data_date`, `trigger_reason` and
+`trigger_report`, the reason as its note. A failed run and a triggered retraining send an alert
+(`monitor.alerts`: a log line and `$MLOPS_HOME/alerts/alerts.jsonl`, a webhook when configured).
+
+#### Trigger parameters
+* **monitor_date**: the last day of the window (YYYY-MM-DD). Empty: the day the training run
+  that emitted the Asset event collected.
+
+`wait_for_data` waits until that training run is over (it publishes the day, scores the next one
+and may promote a new champion) and the day is published; if it is over and the day is not
+(its validation failed), the monitoring run is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
+
+from pipelines.assets import FLIGHTS_COLLECTED, LAST_RETRAINING_KEY, RETRAINING_REQUESTED
+
+DAG_ID = "flights_monitoring"
+
+
+class _TriggerTrainingRun(TriggerDagRunOperator):
+    """TriggerDagRunOperator whose DAG-run note is templated too: it carries the reason."""
+
+    template_fields = (*TriggerDagRunOperator.template_fields, "note")
+
+
+def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
+    """The monitored day, and the training runs (dag id, run id) whose Asset events triggered this run.
+
+    The day is the ``monitor_date`` parameter, else the latest day those runs collected.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines.monitor import source_run_day
+
+    ctx = get_current_context()
+    days, sources = [], []
+    for events in ctx["triggering_asset_events"].values():
+        for event in events:
+            run = event.source_dag_run
+            if run is None:
+                continue
+            sources.append((run.dag_id, run.run_id))
+            day = source_run_day(run.conf, run.data_interval_start, run.logical_date)
+            if day is not None:
+                days.append(day)
+    if ctx["params"].get("monitor_date"):
+        return dt.date.fromisoformat(ctx["params"]["monitor_date"]), sources
+    if not days:
+        raise AirflowFailException("no day to monitor: set the 'monitor_date' parameter (YYYY-MM-DD)")
+    return max(days), sources
+
+
+def _run_context(day: str):
+    from pipelines.run import RunContext
+
+    return RunContext(dag_id=DAG_ID, run_id=get_current_context()["run_id"], run_day=dt.date.fromisoformat(day))
+
+
+def _fail_clearly(err: Exception):
+    """Nothing to monitor or a bad configuration: fail without retrying, with the readable message."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(f"{type(err).__name__}: {err}")
+
+
+def _alert_failed_run(context) -> None:
+    from pipelines.alerts import on_failure_callback
+
+    on_failure_callback(context)
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=[FLIGHTS_COLLECTED],
+    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
+    catchup=False,
+    # One at a time: the cooldown is read in one run and written at its end.
+    max_active_runs=1,
+    tags=["mlops", "monitoring"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,
+    on_failure_callback=_alert_failed_run,
+    default_args={
+        "retries": 1,
+        "retry_delay": dt.timedelta(seconds=60),
+        "execution_timeout": dt.timedelta(minutes=15),
+    },
+    params={
+        "monitor_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Monitored day",
+            description="Last day of the window (YYYY-MM-DD). Empty: the day the triggering training run collected.",
+        ),
+    },
+)
+def flights_monitoring():
+    # The Asset event comes when `collect` has staged the day: wait until its training run has
+    # published it (validate), scored the next day and registered its model.
+    @task.sensor(poke_interval=120, timeout=4 * 3600, mode="reschedule", execution_timeout=dt.timedelta(minutes=5))
+    def wait_for_data() -> PokeReturnValue:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.monitor import data_ready
+        from pipelines.run import run_check_published
+
+        day, sources = _monitor_day()
+        ti = get_current_context()["ti"]
+        states = [ti.get_dagrun_state(dag_id=dag_id, run_id=run_id) for dag_id, run_id in sources]
+        published = run_check_published(_run_context(day.isoformat()))
+        ready = data_ready(published["published"], states)
+        if ready == "missing":
+            raise AirflowSkipException(
+                f"{day} was not published by {sources} (its validation failed): nothing new to monitor"
+            )
+        return PokeReturnValue(
+            is_done=ready == "ready", xcom_value={**published, "source_runs": [list(s) for s in sources]}
+        )
+
+    @task
+    def resolve_champion(data: dict) -> dict:
+        from pipelines.config import ConfigError
+        from pipelines.monitor import MonitorError
+        from pipelines.run import run_resolve_champion
+
+        try:
+            return run_resolve_champion(_run_context(data["day"]))
+        except (MonitorError, ConfigError) as err:
+            raise _fail_clearly(err) from None
+
+    @task
+    def check_data_drift(data: dict, champion: dict) -> dict:
+        from pipelines.config import ConfigError
+        from pipelines.monitor import MonitorError
+        from pipelines.run import run_check_data_drift
+
+        try:
+            return run_check_data_drift(_run_context(data["day"]), champion)
+        except (MonitorError, ConfigError) as err:
+            raise _fail_clearly(err) from None
+
+    @task
+    def check_prediction_drift(data: dict, champion: dict) -> dict:
+        from pipelines.monitor import MonitorError
+        from pipelines.run import run_check_prediction_drift
+
+        try:
+            return run_check_prediction_drift(_run_context(data["day"]), champion)
+        except MonitorError as err:
+            raise _fail_clearly(err) from None
+
+    @task
+    def check_performance(data: dict, champion: dict) -> dict:
+        from pipelines.monitor import MonitorError
+        from pipelines.run import run_check_performance
+
+        try:
+            return run_check_performance(_run_context(data["day"]), champion)
+        except MonitorError as err:
+            raise _fail_clearly(err) from None
+
+    @task(inlets=[RETRAINING_REQUESTED])
+    def decide(data: dict, data_drift: dict, prediction_drift: dict, performance: dict) -> dict:
+        from pipelines.run import run_decide
+
+        ctx, run = get_current_context(), _run_context(data["day"])
+        last = ctx["asset_state_store"][RETRAINING_REQUESTED].get(LAST_RETRAINING_KEY)
+        active = ctx["ti"].get_dr_count(dag_id=run.params.monitor.training_dag_id, states=["queued", "running"])
+        checks = {"data_drift": data_drift, "prediction_drift": prediction_drift, "performance": performance}
+        return run_decide(run, checks, last, active)
+
+    @task.short_circuit
+    def should_retrain(decision: dict) -> bool:
+        return bool(decision["retrain"])
+
+    decision_xcom = "ti.xcom_pull(task_ids='decide')"
+    trigger_training = _TriggerTrainingRun(
+        task_id="trigger_training",
+        trigger_dag_id="{{ " + decision_xcom + "['training_dag_id'] }}",
+        trigger_run_id="{{ " + decision_xcom + "['trigger_run_id'] }}",
+        conf="{{ " + decision_xcom + "['conf'] }}",
+        note="{{ " + decision_xcom + "['note'] }}",
+        wait_for_completion=False,
+        retries=0,  # a second attempt would only find the run the first one created
+    )
+
+    @task(outlets=[RETRAINING_REQUESTED])
+    def record_retraining(decision: dict) -> dict:
+        from pipelines.run import run_record_retraining
+
+        ctx = get_current_context()
+        record = {
+            "day": decision["day"],
+            "training_run_id": decision["trigger_run_id"],
+            "monitoring_run_id": ctx["run_id"],
+            "reason": decision["reason"][:2000],
+            "report": decision["report"],
+        }
+        # First the cooldown's record, then the alert: a failed alert must not reopen the cooldown.
+        ctx["asset_state_store"][RETRAINING_REQUESTED].set(LAST_RETRAINING_KEY, record)
+        ctx["outlet_events"][RETRAINING_REQUESTED].extra = record
+        return run_record_retraining(_run_context(decision["conf"]["data_date"]), decision)
+
+    data = wait_for_data()
+    champion = resolve_champion(data)
+    decision = decide(
+        data,
+        check_data_drift(data, champion),
+        check_prediction_drift(data, champion),
+        check_performance(data, champion),
+    )
+    should_retrain(decision) >> trigger_training >> record_retraining(decision)
+
+
+flights_monitoring()

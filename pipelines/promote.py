@@ -1,0 +1,239 @@
+"""Champion/challenger promotion, rollback, the promotion log and model cards.
+
+The gate (:func:`decide`) is a pure function of the evaluation: the
+challenger and the current champion scored on the same holdout in the same
+run. Every alias move, by the gate, by force or by rollback, is recorded on
+the model versions (tags) and appended to a promotion log a person can read
+(``$MLOPS_HOME/promotion_log.md``, also on the registered model's description).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import RegisterConfig
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PROMOTION_LOG = "promotion_log.md"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    @property
+    def summary(self) -> str:
+        verdict = "promoted" + (" (forced)" if self.forced else "") if self.promote else "refused"
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def decide(evaluation: dict[str, Any], cfg: RegisterConfig, force_reason: str | None = None) -> Decision:
+    """Should the challenger become champion?
+
+    Rules (thresholds from ``register`` in params.yaml):
+      * its holdout AUC meets the floor ``champion_min_auc``;
+      * with no champion yet: it beats the baseline's holdout AUC;
+      * with a champion (scored on the same holdout in this run): its AUC is not lower
+        than the champion's by more than ``max_auc_drop``, and no slice's AUC is lower
+        than the champion's on that slice by more than ``max_slice_auc_drop``.
+    A forced promotion (with a stated reason) skips the rules; they are still recorded.
+    """
+    ch = evaluation["challenger"]
+    auc = ch["overall"]["auc"]
+    reasons: list[str] = []
+    ok = True
+    if auc >= cfg.champion_min_auc:
+        reasons.append(f"AUC {auc:.4f} meets the floor {cfg.champion_min_auc}")
+    else:
+        ok = False
+        reasons.append(f"AUC {auc:.4f} is below the floor {cfg.champion_min_auc}")
+    champion = evaluation.get("champion")
+    if champion is None:
+        base = evaluation["baseline"]["overall"]["auc"]
+        if auc > base:
+            reasons.append(f"first model, beats the baseline's AUC {base:.4f}")
+        else:
+            ok = False
+            reasons.append(f"first model, does not beat the baseline's AUC {base:.4f}")
+    else:
+        champ_auc = champion["overall"]["auc"]
+        drop = champ_auc - auc
+        version = evaluation.get("champion_version")
+        if drop <= cfg.max_auc_drop:
+            reasons.append(f"AUC {auc:.4f} vs champion v{version} {champ_auc:.4f} (drop {drop:+.4f} <= {cfg.max_auc_drop})")
+        else:
+            ok = False
+            reasons.append(
+                f"AUC {auc:.4f} is {drop:.4f} below champion v{version} {champ_auc:.4f} (max drop {cfg.max_auc_drop})"
+            )
+        regressions = [
+            f"{name}={value} {champion['slices'][name][value]['auc']:.3f} -> {m['auc']:.3f}"
+            for name, values in ch["slices"].items()
+            for value, m in values.items()
+            if value in champion["slices"].get(name, {})
+            and champion["slices"][name][value]["auc"] - m["auc"] > cfg.max_slice_auc_drop
+        ]
+        if regressions:
+            ok = False
+            reasons.append(f"slices regress more than {cfg.max_slice_auc_drop}: " + ", ".join(regressions))
+        else:
+            reasons.append(f"no slice regresses more than {cfg.max_slice_auc_drop}")
+    if force_reason:
+        return Decision(promote=True, reasons=[f"forced: {force_reason}", *reasons], forced=True)
+    return Decision(promote=ok, reasons=reasons)
+
+
+# --------------------------------------------------------------------------- registry operations
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def record_move(
+    client: Any,
+    name: str,
+    version: str,
+    *,
+    action: str,
+    previous: str | None,
+    reason: str,
+    run: str,
+    metrics: dict[str, float] | None,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Tag the version with the move and append it to the promotion log."""
+    entry = {
+        "when": _now(),
+        "model": name,
+        "version": version,
+        "action": action,
+        "previous_champion": previous,
+        "reason": reason,
+        "run": run,
+        "metrics": metrics or {},
+    }
+    client.set_model_version_tag(name, version, f"promotion.{action}_at", entry["when"])
+    client.set_model_version_tag(name, version, "promotion.last", json.dumps(entry)[:5000])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / PROMOTION_LOG
+    if not path.exists():
+        path.write_text(f"# Promotion log of `{name}`\n\n| when (UTC) | action | version | previous champion | run | holdout AUC | reason |\n|---|---|---|---|---|---|---|\n")
+    auc = (metrics or {}).get("auc")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            f"| {entry['when']} | {action} | v{version} | {('v' + previous) if previous else '-'} | {run} | "
+            f"{auc:.4f} | {reason.replace('|', '/')} |\n"
+            if auc is not None
+            else f"| {entry['when']} | {action} | v{version} | {('v' + previous) if previous else '-'} | {run} | - | "
+            f"{reason.replace('|', '/')} |\n"
+        )
+    try:
+        client.update_registered_model(name, description=path.read_text(encoding="utf-8")[-20000:])
+    except Exception as err:  # the description is a convenience copy of the file
+        log.warning("could not copy the promotion log to the registered model: %s", err)
+    return entry
+
+
+def rollback(client: Any, name: str, reason: str, log_dir: Path) -> dict[str, Any]:
+    """Move ``champion`` back to the champion before the current one, recorded like a promotion.
+
+    Raises:
+        ValueError: there is no champion, or it has no previous champion to go back to.
+    """
+    current = alias_version(client, name, CHAMPION)
+    if current is None:
+        raise ValueError(f"{name} has no champion to roll back")
+    previous = client.get_model_version(name, current).tags.get("promotion.previous_champion")
+    if not previous or previous == "none":
+        raise ValueError(f"{name} v{current} has no previous champion to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, current, "promotion.rolled_back_from", _now())
+    entry = record_move(
+        client,
+        name,
+        previous,
+        action="rollback",
+        previous=current,
+        reason=reason,
+        run="cli",
+        metrics={"auc": float(client.get_model_version(name, previous).tags.get("metrics.holdout_auc", "nan"))},
+        log_dir=log_dir,
+    )
+    # The restored champion's own predecessor is what a second rollback would go back to.
+    log.info("rolled %s back from v%s to v%s", name, current, previous)
+    return entry
+
+
+def model_card(
+    name: str,
+    version: str,
+    evaluation: dict[str, Any],
+    decision: Decision,
+    lineage: dict[str, str],
+    features: dict[str, list[str]],
+    label_rule: str,
+) -> str:
+    """A Markdown model card: lineage, metrics overall and by slice, the gate's decision, use and limits."""
+    lines = [
+        f"# Model card: {name} v{version}",
+        "",
+        "## Intended use",
+        "Scores scheduled flights the day before departure with the probability of arriving more than",
+        f"15 minutes late ({label_rule}), from what is known before departure. For planning and",
+        "prioritisation, not for decisions about individual passengers.",
+        "",
+        "## Limits",
+        "- Trained on the NYC departures of one year (2013 replay); other airports and years are out of scope.",
+        "- Weather is the origin's, at the scheduled hour; destination weather and air-traffic events are unseen.",
+        "- Cancelled and diverted flights count as late.",
+        f"- Slices flagged below the overall AUC: {', '.join(evaluation.get('flagged_slices', [])) or 'none'}.",
+        "",
+        "## Data lineage",
+        *(f"- **{k}**: `{v}`" for k, v in sorted(lineage.items())),
+        "",
+        "## Features",
+        f"- numeric: {', '.join(features['numeric'])}",
+        f"- categorical: {', '.join(features['categorical'])}",
+        "",
+        "## Holdout metrics",
+        "| model | AUC | log loss | Brier | accuracy | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for who in ("challenger", "champion", "baseline"):
+        if who in evaluation and isinstance(evaluation[who], dict) and "overall" in evaluation[who]:
+            m = evaluation[who]["overall"]
+            label = f"this version ({who})" if who == "challenger" else who
+            lines.append(
+                f"| {label} | {m['auc']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
+                f"{m['accuracy']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} |"
+            )
+    lines += ["", "## Holdout AUC by slice", "| slice | value | rows | AUC | champion AUC |", "|---|---|---|---|---|"]
+    champion_slices = (evaluation.get("champion") or {}).get("slices", {})
+    for sname, values in evaluation["challenger"]["slices"].items():
+        for value, m in sorted(values.items()):
+            champ = champion_slices.get(sname, {}).get(value, {}).get("auc")
+            lines.append(f"| {sname} | {value} | {int(m['rows'])} | {m['auc']:.4f} | {f'{champ:.4f}' if champ else '-'} |")
+    lines += ["", "## Promotion decision", f"**{decision.summary}**", ""]
+    lines += [f"- {r}" for r in decision.reasons]
+    lines.append("")
+    return "\n".join(lines)
