@@ -20,7 +20,7 @@ import pandas as pd
 from pipelines.config import DatasetConfig, EvaluateConfig, Params
 from pipelines.features import LABEL
 from pipelines.preprocess import load_manifest
-from pipelines.tracking import Tracking, get_or_create_run
+from pipelines.tracking import Tracking, get_or_create_run, use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ def _score_champion(params: Params, holdout: pd.DataFrame, tracking_uri: str) ->
         version = client.get_model_version_by_alias(name, "champion").version
     except MlflowException:
         return None, None
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    with use_tracking(tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     proba = model.predict(holdout[list(params.dataset.features.all)])["delay_probability"].to_numpy()
     return str(version), np.asarray(proba, dtype=np.float32)
 

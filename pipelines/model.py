@@ -1,15 +1,19 @@
 """The Keras model in two parts, the saved model they make, and the hardware they run on.
 
-* The *preprocessing* model turns raw features (numeric as float32 with NaN for
-  missing, categorical as strings) into two dense tensors: ``numeric`` (imputed,
-  standardised values and periodic encodings) and ``ids`` (one integer id per
-  categorical feature, per integer feature embedded as a category, and per
-  feature cross). Its statistics and vocabularies come from the training split.
-  It has no trainable weights and, in training, runs inside the tf.data
-  pipeline, outside any distribution strategy (strings never reach the
-  replicas: a ``MirroredStrategy`` cannot reduce them).
-* The *core* model (embeddings and dense layers) takes those two tensors and
-  returns the delay probability; it is built and fitted inside the strategy.
+* The *preprocessing* model turns raw features (numeric as float32 with NaN
+  for missing, categorical as strings) into two dense tensors: ``numeric``
+  (imputed, standardised values, missing-value indicators, periodic encodings
+  of the time of day and of the year) and ``ids`` (one integer id per
+  categorical feature, per integer feature embedded as a category, per
+  numeric feature's quantile bucket and per feature cross). Its statistics,
+  vocabularies and bucket boundaries come from the training split. It has no
+  weights and, in training, runs inside the tf.data pipeline, outside any
+  distribution strategy: strings never reach the replicas (a
+  ``MirroredStrategy`` cannot reduce them; this is how TensorFlow recommends
+  using preprocessing layers under distribution).
+* The *core* model takes those two tensors and returns the delay
+  probability: a wide (linear) part over every id and value plus a small deep
+  part (embeddings, dense layers). It is built and fitted inside the strategy.
 * :func:`compose_model` joins the two into the *full* model, raw features in
   and probability out, which is what is saved, evaluated and served: the same
   preprocessing layers run in training and serving, so there is no skew.
@@ -162,11 +166,7 @@ def _layer_classes() -> dict[str, type]:
         def call(self, x):
             x = ops.cast(x, "float32")
             valid = (x >= self.low) & (x <= self.high) & (ops.floor(x) == x)  # False for NaN
-            ids = ops.cast(ops.where(valid, x - (self.low - 1), 0.0), "int64")
-            return ids
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
+            return ops.cast(ops.where(valid, x - (self.low - 1), 0.0), "int64")
 
         def compute_output_spec(self, x):
             return keras.KerasTensor(x.shape, dtype="int64")
@@ -270,10 +270,6 @@ def layer_classes() -> dict[str, type]:
     return _LAYERS
 
 
-def numeric_layer_class() -> type:
-    return layer_classes()["NumericPreprocessing"]
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -333,8 +329,14 @@ def build_preprocessing(
 
     Args:
         spec: which features are numeric and categorical.
-        stats: ``stats.json`` from preprocessing (means, stds, vocabularies).
-        cfg: the derived features (``integer_categories``, ``periodic``, ``crosses``).
+        stats: ``stats.json`` from preprocessing (means, stds, missing fractions, vocabularies).
+        cfg: the derived features (``missing_indicators``, ``numeric_buckets``,
+            ``integer_categories``, ``periodic``, ``crosses``).
+        boundaries: bucket boundaries per numeric column, from
+            :func:`bucket_boundaries` over the training split (needed with ``numeric_buckets``).
+
+    Raises:
+        ConfigError: a derived feature names a column that is not a feature.
     """
     import keras
 
@@ -358,7 +360,9 @@ def build_preprocessing(
     sometimes_missing = [c for c in spec.features.numeric if num[c].get("null_fraction", 0.0) > 0]
     if cfg.missing_indicators and sometimes_missing:
         numeric.append(
-            layers["MissingIndicators"](dtype="float32", name="missing_indicators")([inputs[c] for c in sometimes_missing])
+            layers["MissingIndicators"](dtype="float32", name="missing_indicators")(
+                [inputs[c] for c in sometimes_missing]
+            )
         )
     for name, enc in cfg.periodic.items():
         numeric.append(
@@ -395,7 +399,11 @@ def build_preprocessing(
 def build_core_model(preprocessing: Any, cfg: TrainConfig, steps_per_epoch: int | None = None):
     """The compiled trainable part: ``{"numeric", "ids"}`` -> delay probability.
 
-    Build it inside the distribution strategy's scope.
+    One embedding table serves every id column. The deep part concatenates the
+    (noised, in training) numeric values with the embeddings and runs them
+    through ``hidden_units`` ReLU layers; with ``wide``, a linear model over the
+    same values and one weight per id adds to its logit. Build it inside the
+    distribution strategy's scope.
 
     Args:
         preprocessing: the model from :func:`build_preprocessing` (for the input widths and id range).
@@ -422,8 +430,12 @@ def build_core_model(preprocessing: Any, cfg: TrainConfig, steps_per_epoch: int 
     if cfg.wide:
         # A linear model over every id and scaled value, beside the deep part (wide & deep):
         # its weights are the convex, stable part of the fit.
-        wide_ids = keras.layers.Embedding(id_layer.total_size, 1, embeddings_initializer="zeros", name="wide_weights")(ids)
-        wide = keras.layers.Concatenate(name="wide_features")([numeric, keras.layers.Flatten(name="flat_wide")(wide_ids)])
+        wide_ids = keras.layers.Embedding(id_layer.total_size, 1, embeddings_initializer="zeros", name="wide_weights")(
+            ids
+        )
+        wide = keras.layers.Concatenate(name="wide_features")(
+            [numeric, keras.layers.Flatten(name="flat_wide")(wide_ids)]
+        )
         logit = keras.layers.Add(name="logit")([logit, keras.layers.Dense(1, name="wide_logit")(wide)])
     out = keras.layers.Activation("sigmoid", dtype="float32", name="delay_probability")(logit)
     core = keras.Model(inputs={NUMERIC: numeric, IDS: ids}, outputs=out, name="core")
@@ -449,9 +461,7 @@ def compose_model(preprocessing: Any, core: Any):
     """
     import keras
 
-    raw = {
-        name: keras.Input(shape=(), dtype=tensor.dtype, name=name) for name, tensor in preprocessing.input.items()
-    }
+    raw = {name: keras.Input(shape=(), dtype=tensor.dtype, name=name) for name, tensor in preprocessing.input.items()}
     return keras.Model(inputs=raw, outputs=core(preprocessing(raw)), name="flight_delay")
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from pipelines.collect import available_days, fetch_day, partition_dir, source_date
 from pipelines.config import Params, SqlSink
 from pipelines.features import frame_fingerprint
+from pipelines.tracking import use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,14 @@ def batch_predict(
     frame = frame[columns].sort_values(list(spec.key_columns), kind="mergesort").reset_index(drop=True)
     fingerprint = frame_fingerprint(frame)
 
-    mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, alias).version
     except mlflow.exceptions.MlflowException:
         log.warning("%s has no %r alias yet (no model passed the promotion gate): nothing scored", name, alias)
         return {"rows": 0, "path": None, "day": day.isoformat(), "skipped": f"no {alias} model yet"}
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    with use_tracking(tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
     scores = []
     step = params.predict.batch_rows

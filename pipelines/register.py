@@ -21,7 +21,7 @@ from pipelines.config import Params
 from pipelines.preprocess import load_manifest
 from pipelines.promote import CHALLENGER, CHAMPION, alias_version, decide, model_card, record_move
 from pipelines.settings import REPO_ROOT
-from pipelines.tracking import Tracking, code_revision, get_or_create_run
+from pipelines.tracking import Tracking, code_revision, get_or_create_run, use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def register(
     example = _input_example(params, processed_dir)
     python_model = FlightDelayModel()
     signature = infer_signature(example, pd.DataFrame({"delay_probability": [0.5] * len(example)}))
-    with mlflow.start_run(run_id=run_id):
+    with use_tracking(tracking.tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=python_model,

@@ -7,8 +7,10 @@ MLflow run instead of starting a new one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +43,32 @@ class Tracking:
 def _client(tracking: Tracking):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri)
-    mlflow.set_registry_uri(tracking.tracking_uri)
     return mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+
+
+@contextlib.contextmanager
+def use_tracking(uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URI set to ``uri`` for a block, then put back.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` (and the registry's
+    variable) to the environment; left there, it would override the settings of every later
+    run in the same process. Only fluent APIs need it (``start_run``, ``pyfunc.load_model``).
+    """
+    import mlflow
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_env["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved_env["MLFLOW_REGISTRY_URI"])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ensure_experiment(tracking: Tracking) -> str:

@@ -46,6 +46,22 @@ def _mlflow_epoch_callback(client: Any, run_id: str):
     return MlflowEpochLogger()
 
 
+def _epoch_log_callback(epochs: int):
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        """One log line per epoch (to the task log), instead of Keras' progress output on stdout."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            metrics = ", ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items())
+            log.info("epoch %d/%d (%.1fs): %s", epoch + 1, epochs, time.perf_counter() - self.started, metrics)
+
+    return EpochLogger()
+
+
 def _flat_params(params: Params) -> dict[str, str]:
     out = {}
     for section in ("train", "preprocess"):
@@ -56,6 +72,31 @@ def _flat_params(params: Params) -> dict[str, str]:
             else:
                 out[f"{section}.{k}"] = str(v)
     return out
+
+
+def _bucket_boundaries(params: Params, train_parquet: Path) -> dict[str, list[float]]:
+    """Quantile bucket boundaries of the numeric features, from the training split only."""
+    import pandas as pd
+
+    from pipelines.config import FeatureSpec
+    from pipelines.features import to_model_inputs
+    from pipelines.model import bucket_boundaries
+
+    numeric = params.dataset.features.numeric
+    frame = pd.read_parquet(train_parquet, columns=list(numeric))
+    values = to_model_inputs(frame, FeatureSpec(numeric=numeric, categorical=()))  # as the model will see them
+    return bucket_boundaries(values, params.train.numeric_buckets)
+
+
+def _batch_size(rows: int, global_batch: int, replicas: int) -> int:
+    """The global batch or, for a split smaller than it, the largest multiple of the replicas in it.
+
+    Keras' TF trainer reduces the first batch across the replicas to build the
+    model, which fails unless every replica gets as many rows of it.
+    """
+    if rows >= global_batch or replicas == 1:
+        return global_batch
+    return max(replicas, rows - rows % replicas)
 
 
 def fit_model(
@@ -79,24 +120,18 @@ def fit_model(
     """
     import keras
 
-    import pandas as pd
-
-    from pipelines.features import to_model_inputs
-    from pipelines.model import bucket_boundaries, build_core_model, build_preprocessing, compose_model
+    from pipelines.model import build_core_model, build_preprocessing, compose_model
     from pipelines.tfdata import make_dataset
 
     cfg = params.train
     manifest = load_manifest(processed_dir)
     stats = json.loads((processed_dir / STATS_FILE).read_text())
-    global_batch = cfg.batch_size * hardware.strategy.num_replicas_in_sync
+    replicas = hardware.strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
     log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
 
     splits = manifest["splits"]
-    boundaries = None
-    if cfg.numeric_buckets:
-        train_frame = pd.read_parquet(splits["train"]["parquet"], columns=list(params.dataset.features.numeric))
-        boundaries = bucket_boundaries(to_model_inputs(train_frame, params.dataset.features.__class__(
-            numeric=params.dataset.features.numeric, categorical=())), cfg.numeric_buckets)
+    boundaries = _bucket_boundaries(params, Path(splits["train"]["parquet"])) if cfg.numeric_buckets else None
     preprocessing = build_preprocessing(params.dataset, stats, cfg, boundaries)  # outside the strategy: no variables
     common = {
         "compression": params.preprocess.compression,
@@ -107,13 +142,18 @@ def fit_model(
     train_ds = make_dataset(
         splits["train"]["tfrecords"],
         params.dataset,
-        global_batch,
+        _batch_size(splits["train"]["rows"], global_batch, replicas),
         shuffle=True,
         shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed,
         **common,
     )
-    val_ds = make_dataset(splits["validation"]["tfrecords"], params.dataset, global_batch, **common)
+    val_ds = make_dataset(
+        splits["validation"]["tfrecords"],
+        params.dataset,
+        _batch_size(splits["validation"]["rows"], global_batch, replicas),
+        **common,
+    )
     with hardware.strategy.scope():
         core = build_core_model(preprocessing, cfg, steps_per_epoch=-(-splits["train"]["rows"] // global_batch))
     early_stopping = keras.callbacks.EarlyStopping(
@@ -121,7 +161,11 @@ def fit_model(
     )
     started = time.perf_counter()
     history = core.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=[*(callbacks or []), early_stopping], verbose=2
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
+        verbose=0,
     )
     seconds = time.perf_counter() - started
     return compose_model(preprocessing, core), history.history, seconds

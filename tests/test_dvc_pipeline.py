@@ -148,7 +148,7 @@ def test_fresh_clone_pulls_byte_identical_data(versioned_runs, tmp_path) -> None
 
 def test_reproduce_a_model_version_from_its_lineage(versioned_runs, tmp_path) -> None:
     """`python -m pipelines reproduce` restores code and data, runs `dvc repro`, compares the AUC."""
-    version = _versions(versioned_runs["runs"])[1].version
+    version = str(_versions(versioned_runs["runs"])[1].version)
     done = subprocess.run(
         [sys.executable, "-m", "pipelines", "reproduce", "--model-version", version, "--workdir", str(tmp_path)],
         capture_output=True,
@@ -162,6 +162,17 @@ def test_reproduce_a_model_version_from_its_lineage(versioned_runs, tmp_path) ->
     clone = Path(result["workdir"])
     assert (clone / "build" / "model" / "model.keras").is_file()
     assert (clone / "dvc.lock").is_file()
+    # A data scientist varies a parameter from the same restored version.
+    env = os.environ | {"PYTHONPATH": str(clone), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    exp = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=1", "--name", "one-epoch"],
+        cwd=clone, capture_output=True, text=True, env=env,
+    )
+    assert exp.returncode == 0, exp.stdout[-2000:] + exp.stderr[-2000:]
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=clone, capture_output=True, text=True, env=env
+    )
+    assert shown.returncode == 0 and "one-epoch" in shown.stdout
 
 
 def test_overlapping_runs_keep_a_consistent_history(versioned_runs) -> None:
@@ -192,7 +203,7 @@ def test_overlapping_runs_keep_a_consistent_history(versioned_runs) -> None:
         for i, p in enumerate(processed)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outs, strict=True):
+    for proc, (_out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err[-3000:]
     history = _git(project, "rev-list", "--first-parent", "datasets").split()
     new = [o.strip().splitlines()[-1] for o, _ in outs]

@@ -268,3 +268,21 @@ def test_release_a_quarantined_batch_after_a_fix(feed, flights_day) -> None:
     published = pd.read_parquet(ctx.settings.raw_dir / f"date={DAY.isoformat()}" / "part-0.parquet")
     assert len(published) == len(flights_day) and (published["distance"] > 0).all()
     assert (attempt / "RELEASED").is_file() and (attempt / "batch").is_dir(), "the quarantined copy is kept"
+
+
+def test_batch_prediction_inputs_pass_the_same_gate(feed, flights_day) -> None:
+    """The next day's rows to score are validated before any model is loaded."""
+    from pipelines.run import RunContext, run_batch_predict
+    from pipelines.validate import ValidationFailed
+
+    landing = feed()
+    _write_csv(flights_day.drop(columns=["carrier"]), landing, DAY)  # the day after GOOD_DAY, to be scored
+    ctx = RunContext(dag_id="flights_training", run_id="predict-1", run_day=GOOD_DAY)
+    with pytest.raises(ValidationFailed) as err:
+        run_batch_predict(ctx)
+    message = str(err.value)
+    assert "[schema]" in message and "missing columns ['carrier']" in message
+    kept = ctx.settings.quarantine_dir / ctx.run_dir.name / "predict"
+    assert (kept / f"inputs-{DAY.isoformat()}.parquet").is_file()
+    assert "carrier" in (kept / f"inputs-{DAY.isoformat()}.txt").read_text()
+    assert not (ctx.settings.predictions_dir / f"date={DAY.isoformat()}").exists()

@@ -195,6 +195,18 @@ def test_derived_features_need_known_columns(trained: Trained) -> None:
             build_preprocessing(params.dataset, trained.stats, params.train)
 
 
+@pytest.mark.parametrize(
+    ("rows", "replicas", "expected"),
+    [(10_000, 2, 4096), (4096, 2, 4096), (3691, 2, 3690), (3691, 1, 4096), (1, 2, 2)],
+)
+def test_a_split_smaller_than_the_global_batch_splits_evenly_over_replicas(
+    rows: int, replicas: int, expected: int
+) -> None:
+    from pipelines.train import _batch_size
+
+    assert _batch_size(rows, 4096, replicas) == expected
+
+
 def test_integer_categories_send_odd_values_to_the_unknown_id() -> None:
     from pipelines.model import layer_classes
 

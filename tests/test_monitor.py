@@ -589,7 +589,10 @@ def test_champion_carries_its_reference(monitoring) -> None:
         "January only: its training split"
     )
     # Its probabilities are the served model's: score a few rows through the registry.
-    model = mlflow.pyfunc.load_model(f"models:/flight_delay/{champion.version}")
+    from pipelines.tracking import use_tracking
+
+    with use_tracking(settings.tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/flight_delay/{champion.version}")
     served = model.predict(reference[list(spec.features.all)].head(200))[PROBABILITY].to_numpy()
     np.testing.assert_allclose(served, reference[PROBABILITY].head(200).to_numpy(), atol=1e-5)
     assert Champion.from_dict(champion.as_dict()) == champion

@@ -157,8 +157,10 @@ def test_no_training_serving_skew(registry) -> None:
     trained = load_model(registry["first"]["train"]["model_path"])
     ds = make_dataset(manifest["splits"]["holdout"]["tfrecords"], ctx.params.dataset, 4096).map(lambda x, y: x)
     training_path = np.asarray(trained.predict(ds, verbose=0)).reshape(-1)
-    mlflow.set_tracking_uri(resolve().tracking_uri)
-    served = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(holdout[list(ctx.params.dataset.features.all)])
+    from pipelines.tracking import use_tracking
+
+    with use_tracking(resolve().tracking_uri):
+        served = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(holdout[list(ctx.params.dataset.features.all)])
     np.testing.assert_allclose(served["delay_probability"].to_numpy(), training_path, rtol=0, atol=1e-6)
 
 
