@@ -150,9 +150,13 @@ class ValidateConfig(_Section):
     rows_per_day: tuple[int, int] = (1, 10_000_000)
     # Rows per day learnt from the training data: accept [p01 * (1 - margin), p99 * (1 + margin)].
     reference_row_margin: Annotated[float, Field(ge=0, le=10)] = 0.5
+    # Values of the training data's range widened by this share of it on each side are usual.
+    reference_range_margin: Annotated[float, Field(ge=0, le=10)] = 0.5
     # What a failed rule does: stop the run, or warn and carry on (schema problems always stop).
     severity: dict[
-        Literal["nulls", "ranges", "categories", "unseen_categories", "row_count", "duplicates", "interval"],
+        Literal[
+            "nulls", "ranges", "categories", "unseen_categories", "reference_ranges", "row_count", "duplicates", "interval"
+        ],
         Literal["stop", "warn"],
     ] = {}
 

