@@ -194,6 +194,9 @@ def run_version_data(
         )
         # Before touching data/processed: an unreachable remote must leave it as it was.
         versioning.check_default_remote(repo)
+        git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
+        if git_remote:
+            versioning.sync_branch(repo, git_remote)
         _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
         version = versioning.record_dataset_version(
             repo,
@@ -206,7 +209,6 @@ def run_version_data(
                 ),
             },
         )
-        git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
         if git_remote:
             versioning.push_branch(repo, git_remote, version.branch)
     log.info("dataset version %s on branch %s (%s)", version.git_rev, version.branch, version.content_hash)

@@ -617,6 +617,25 @@ def record_dataset_version(
     return DatasetVersion(git_rev=commit, branch=branch, tag=tag, content_hash=content_hash, pointers=per_pointer)
 
 
+def sync_branch(repo: Path, remote: str, branch: str = DEFAULT_BRANCH) -> None:
+    """Bring the local dataset branch up to the remote's, so new versions go on top of the team's.
+
+    A clone starts without the local branch: it is created from the remote's. A remote without
+    the branch yet is fine (the first push creates it).
+
+    Raises:
+        VersioningError: the local branch has diverged from the remote's.
+    """
+    if _git_ok(repo, "ls-remote", "--exit-code", "--heads", remote, branch) is None:
+        return
+    try:
+        _git(repo, "fetch", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{branch}")
+    except VersioningError as err:
+        raise VersioningError(
+            f"the local {branch!r} branch has diverged from {remote!r}'s; reconcile them by hand: {err}"
+        ) from None
+
+
 def push_branch(repo: Path, remote: str, branch: str = DEFAULT_BRANCH) -> None:
     """Push the dataset branch to a git remote, so other clones can check its versions out.
 
