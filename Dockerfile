@@ -19,7 +19,7 @@ RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow \
     && chown -R airflow:0 /opt/airflow /opt/project
 
 RUN pip install --no-cache-dir uv==0.13.9
-COPY requirements/requirements.lock /tmp/requirements.lock
+COPY requirements.lock /tmp/requirements.lock
 
 # Bytecode is compiled at build time: site-packages is not writable by the
 # runtime user, and every Airflow task starts a fresh interpreter.

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
-LOCK_FILE = REPO / "requirements" / "requirements.lock"
+LOCK_FILE = REPO / "requirements.lock"
 POSTGRES_INIT = REPO / "docker" / "postgres-init.sql"
 COMPOSE_SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
 
@@ -266,7 +266,7 @@ def test_every_compose_variable_is_in_env_example(compose: dict[str, Any], env_e
 def test_dockerfile_installs_the_lock_into_cpu_and_gpu_targets() -> None:
     text = DOCKERFILE.read_text()
     stages = _dockerfile_stages()
-    assert "COPY requirements/requirements.lock" in text
+    assert "COPY requirements.lock" in text
     assert {"cpu", "gpu"} <= set(stages)
     assert list(stages)[-1] == "cpu", "cpu must be the last stage, hence the default target"
     assert re.search(r"uv pip install --system -r /tmp/requirements\.lock\b", stages["cpu"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-LOCK = Path(__file__).resolve().parents[1] / "requirements" / "requirements.lock"
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 STAGE_MODULES = {
     "orchestration": ["airflow", "airflow.sdk", "airflow.providers.standard", "airflow.providers.celery"],

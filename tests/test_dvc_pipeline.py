@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import set_env
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = ("2013-06-20", "2013-06-21")
@@ -70,8 +71,7 @@ def versioned_runs(tmp_path_factory, airflow_db):
         "MLOPS_DVC_REMOTE_URL": str(root / "remote"),
         "MLOPS_HOME": str(root / "home"),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    restore_env = set_env(env)
     head_before = _git(project, "rev-parse", "HEAD")
     try:
         dag = DagBag(dag_folder=str(REPO / "dags")).dags["flights_training"]
@@ -81,11 +81,7 @@ def versioned_runs(tmp_path_factory, airflow_db):
             runs.append(dag.test(logical_date=logical, run_conf={"data_date": day, **RUN_CONF}))
         yield {"root": root, "team": team, "project": project, "runs": runs, "env": env, "head_before": head_before}
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env()
 
 
 def _versions(runs) -> list:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import set_env
 
 REPO = Path(__file__).resolve().parents[1]
 CHAMPION_DAY = dt.date(2013, 2, 28)
@@ -492,8 +492,7 @@ def monitoring(tmp_path_factory, airflow_db):
 
     root = tmp_path_factory.mktemp("monitoring")
     env = {"MLOPS_HOME": str(root / "home"), "MLOPS_DATA_DIR": str(root / "data"), "MLOPS_VERSIONING": "off"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    restore_env = set_env(env)
     _forget_monitoring_state()
     try:
         dag = DagBag(dag_folder=str(REPO / "dags")).dags["flights_monitoring"]
@@ -530,11 +529,7 @@ def monitoring(tmp_path_factory, airflow_db):
         yield {"trained": trained, "settings": resolve(), **out}
     finally:
         _forget_monitoring_state()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env()
 
 
 def _states(run) -> dict[str, str]:

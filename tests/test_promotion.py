@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import set_env
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +38,7 @@ def registry(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("promotion")
     env = {"MLOPS_HOME": str(root / "home"), "MLOPS_DATA_DIR": str(root / "data"), "MLOPS_VERSIONING": "off"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    restore_env = set_env(env)
     try:
         first = run_all(RunContext(dag_id="promo", run_id="r1", run_day=DAY, overrides=BASE))
         processed = first["preprocess"]
@@ -50,11 +50,7 @@ def registry(tmp_path_factory):
             later[run_id] = {"evaluate": evaluation, "register": run_register(ctx, processed, trained, evaluation)}
         yield {"root": root, "first": first, "processed": processed, **later}
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env()
 
 
 def _client():
