@@ -4,9 +4,9 @@
     python -m pipelines.local airflow-ui                             ``airflow standalone`` on the same state
     python -m pipelines.local mlflow-ui                              the MLflow UI on the same store
 
-``run`` migrates the metadata database, runs the training DAG once through
-Airflow (``dag.test()``: every task, in order, with Airflow's own task
-runner) and prints where to look. Nothing needs starting by hand.
+``run`` migrates the metadata database, starts the scheduler and DAG processor,
+triggers the training DAG once, waits for it, stops them and prints where to
+look. Nothing needs starting by hand.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -48,6 +49,11 @@ def _prepare(settings: Settings) -> dict[str, str]:
         os.environ.setdefault(key, value)
     home = Path(os.environ["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
+    secret = home / "jwt_secret"
+    if not secret.exists():
+        # One secret for every component: the API server checks the tokens the others sign.
+        secret.write_text(secrets.token_urlsafe(32))
+    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secret.read_text().strip())
     passwords = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
     if not passwords.exists():
         # A known login for local use only; production sets its own (see docker-compose.yml).
@@ -64,33 +70,47 @@ def _migrate(env: dict[str, str]) -> None:
         raise SystemExit("airflow db migrate failed")
 
 
-def run(data_date: str, conf: dict) -> int:
-    """Run the training DAG once; print the MLflow run, model version and predictions file."""
+def run(data_date: str, conf: dict, timeout: float = 1800) -> int:
+    """Run the training DAG once through the scheduler; print the MLflow run, model version and predictions.
+
+    The real thing, not a simulation: ``airflow scheduler`` (LocalExecutor: one
+    process per task) and ``airflow dag-processor`` run against the SQLite
+    database under the local state, and stop when the run ends. The run takes
+    the DAG's next nightly slot, so the scheduler does not add a run of its own.
+    """
     import datetime as dt
+
+    from pipelines.airflow_local import AirflowCluster
 
     settings = resolve()
     env = _prepare(settings)
     print(f"local state: {settings.home}  data: {settings.data_dir}", flush=True)
     _migrate(env)
-
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag = bag.dags[DAG_ID]
     day = dt.date.fromisoformat(data_date)
-    logical = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(3), tzinfo=dt.UTC)
+    log_dir = Path(env["AIRFLOW_HOME"]) / "services"
     started = time.perf_counter()
-    dag_run = dag.test(logical_date=logical, run_conf={"data_date": data_date, **conf})
+    with AirflowCluster(env, log_dir=log_dir) as cluster:
+        cluster.wait_for_dag(DAG_ID)
+        run_id = f"local__{data_date}__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+        cluster.trigger(DAG_ID, run_id, logical_date=cluster.next_dagrun(DAG_ID), conf={"data_date": data_date, **conf})
+        cluster.unpause(DAG_ID)
+        print(f"triggered {run_id}; scheduler and DAG processor logs in {log_dir}", flush=True)
+        try:
+            state = cluster.wait_for_run(DAG_ID, run_id, timeout=timeout)
+        finally:
+            # Leave the DAG as found: no nightly runs until someone unpauses it in the UI.
+            cluster.airflow("dags", "pause", DAG_ID, check=False)
+        states = cluster.task_states(DAG_ID, run_id)
+        durations = cluster.task_durations(DAG_ID, run_id)
     seconds = time.perf_counter() - started
-    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
-    print(f"\nDAG run {dag_run.run_id}: {dag_run.state} in {seconds:.0f}s")
-    for task_id, state in states.items():
-        print(f"  {task_id:<14} {state}")
-    if dag_run.state != "success":
+    print(f"\nDAG run {run_id}: {state} in {seconds:.0f}s (scheduler start to finish)")
+    for task_id, task_state in states.items():
+        took = f"{durations[task_id]:6.1f}s" if task_id in durations else ""
+        print(f"  {task_id:<14} {task_state!s:<10} {took}")
+    if state != "success":
+        print(f"task logs: {Path(env['AIRFLOW_HOME']) / 'logs'}")
         return 1
-    _print_summary(settings, dag_run.run_id, day)
+    _print_summary(settings, run_id, day)
     return 0
 
 
