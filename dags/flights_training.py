@@ -11,7 +11,9 @@ holdout, registers it in MLflow (alias `challenger`, and `champion` when it
 meets the floor) and scores the next day's scheduled flights with the
 champion.
 
-Step logic lives in the `pipelines` package; every task here is one call.
+Step logic lives in the `pipelines` package; every task here is one call. The
+`train` task runs on the Celery queue and in the pool that `params.yaml` names
+(`train.queue`, `train.pool`): a `gpu` queue served by GPU workers in production.
 
 #### Trigger parameters
 Empty fields take their value from `params.yaml`.
@@ -60,6 +62,15 @@ def _run_context():
     else:
         raise ValueError("this run has no data interval: set the 'data_date' parameter (YYYY-MM-DD)")
     return RunContext.from_trigger(DAG_ID, ctx["run_id"], run_day, params)
+
+
+def _train_placement() -> dict:
+    """Queue and pool of the train task, from params.yaml (light: YAML and pydantic only)."""
+    from pipelines.config import load_params
+    from pipelines.settings import resolve
+
+    train = load_params(resolve().params_path).train
+    return {"queue": train.queue, "pool": train.pool, "pool_slots": train.pool_slots}
 
 
 def _alert_failed_run(context) -> None:
@@ -170,7 +181,8 @@ def flights_training():
 
         return run_version_data(_run_context(), processed, validated)
 
-    @task(execution_timeout=dt.timedelta(minutes=60))
+    # On GPU workers when params.yaml routes it there (train.queue / train.pool).
+    @task(execution_timeout=dt.timedelta(minutes=60), **_train_placement())
     def train(processed: dict, versioned: dict, validated: dict) -> dict:
         from pipelines.run import run_record_trigger, run_train
 

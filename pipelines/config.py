@@ -229,6 +229,12 @@ class TrainConfig(_Section):
     cache: bool = True
     mixed_precision: bool = True  # only ever applied on GPUs
     seed: int = 42
+    # Where Airflow runs the train task: the Celery queue (a GPU worker listens on
+    # ``gpu``) and the pool that caps concurrent trainings (create it first:
+    # ``airflow pools set gpu 1 "GPU training"``). Read when the DAG is parsed.
+    queue: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+    pool: Annotated[str, Field(min_length=1)] = "default_pool"
+    pool_slots: Annotated[int, Field(ge=1)] = 1
 
 
 class BaselineConfig(_Section):

@@ -105,3 +105,46 @@ def test_trigger_params_map_onto_params_yaml(dagbag) -> None:
     for dotted in PARAM_OVERRIDES.values():
         section, key = dotted.split(".")
         assert params.with_overrides({dotted: raw[section][key]}) == params
+
+
+def _parse_in_fresh_interpreter(params_path: Path) -> dict:
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "dag = bag.dags.get('flights_training')\n"
+        "t = dag.get_task('train') if dag else None\n"
+        "print(json.dumps({'errors': [str(e) for e in bag.import_errors.values()],"
+        " 'train': [t.queue, t.pool, t.pool_slots] if t else None,"
+        " 'collect': [dag.get_task('collect').queue, dag.get_task('collect').pool] if dag else None}))\n"
+    )
+    env = {**os.environ, "MLOPS_PARAMS": str(params_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_train_task_queue_and_pool_come_from_params(tmp_path) -> None:
+    """A GPU deployment routes training to its GPU workers by editing params.yaml only."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update({"queue": "gpu", "pool": "gpu", "pool_slots": 2})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    report = _parse_in_fresh_interpreter(path)
+    assert report["errors"] == []
+    assert report["train"] == ["gpu", "gpu", 2]
+    assert report["collect"] == ["default", "default_pool"]  # only training moves
+
+
+def test_bad_train_queue_is_an_import_error_naming_the_key(tmp_path) -> None:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["queue"] = "gpu queue!"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    report = _parse_in_fresh_interpreter(path)
+    assert report["train"] is None
+    assert len(report["errors"]) == 1 and "train.queue" in report["errors"][0]
