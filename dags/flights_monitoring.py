@@ -95,6 +95,14 @@ def _fail_clearly(err: Exception):
     return AirflowFailException(f"{type(err).__name__}: {err}")
 
 
+def _poke_seconds() -> int:
+    """``monitor.wait_poke_seconds`` from params.yaml (light: YAML and pydantic only)."""
+    from pipelines.config import load_params
+    from pipelines.settings import resolve
+
+    return load_params(resolve().params_path).monitor.wait_poke_seconds
+
+
 def _alert_failed_run(context) -> None:
     from pipelines.alerts import on_failure_callback
 
@@ -130,7 +138,7 @@ def _alert_failed_run(context) -> None:
 def flights_monitoring():
     # The Asset event comes when `collect` has staged the day: wait until its training run has
     # published it (validate), scored the next day and registered its model.
-    @task.sensor(poke_interval=120, timeout=4 * 3600, mode="reschedule", execution_timeout=dt.timedelta(minutes=5))
+    @task.sensor(poke_interval=_poke_seconds(), timeout=4 * 3600, mode="reschedule", execution_timeout=dt.timedelta(minutes=5))
     def wait_for_data() -> PokeReturnValue:
         from airflow.sdk.exceptions import AirflowSkipException
 

