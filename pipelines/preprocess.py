@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.collect import partition_path, training_window
+from pipelines.collect import partition_path, read_partitions, training_window
 from pipelines.config import DatasetConfig, Params, PreprocessConfig
 from pipelines.features import LABEL, apply_label_rule, files_fingerprint, frame_fingerprint, to_model_inputs
 
@@ -51,8 +51,7 @@ def load_window(spec: DatasetConfig, raw_dir: Path, end_day: dt.date, window_day
             f"{len(missing)} day(s) of the training window are not in {raw_dir}: {shown}; "
             "collect and validate them first"
         )
-    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    return frame, paths
+    return read_partitions(paths), paths
 
 
 def split_by_time(frame: pd.DataFrame, spec: DatasetConfig, cfg: PreprocessConfig) -> dict[str, pd.DataFrame]:

@@ -27,6 +27,31 @@ log = logging.getLogger(__name__)
 
 
 
+# What the pyfunc model needs when it is loaded: Keras and TensorFlow (the model), pandas and NumPy
+# (the frame conversion) and pydantic and PyYAML (pipelines.config); the pipelines code travels
+# with the model (code_paths). Naming them skips MLflow's inference of the requirements, which
+# loads the model again in a new interpreter (about 15 s of a register task) and listed whatever
+# that interpreter had imported, the project's own unpublished package among them.
+_SERVING_PACKAGES = (("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",), ("pandas",), ("pydantic",), ("pyyaml",), ("cloudpickle",))
+
+
+def serving_requirements() -> list[str]:
+    """Pinned requirements of the served model, from the installed versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow
+
+    pins = [f"mlflow=={mlflow.__version__}"]
+    for alternatives in _SERVING_PACKAGES:
+        for name in alternatives:
+            try:
+                pins.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return pins
+
+
 def _input_example(params: Params, processed_dir: Path) -> pd.DataFrame:
     manifest = load_manifest(processed_dir)
     holdout = pd.read_parquet(manifest["splits"]["holdout"]["parquet"], columns=list(params.dataset.features.all))
@@ -92,6 +117,7 @@ def register(
             code_paths=[str(REPO_ROOT / "pipelines")],
             signature=signature,
             input_example=example,
+            pip_requirements=serving_requirements(),
             registered_model_name=name,
         )
     version = str(info.registered_model_version)

@@ -9,8 +9,10 @@ what travels between Airflow tasks as XCom.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -81,6 +83,24 @@ class RunContext:
         )
 
 
+def in_step_worker(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Run the step in the warm step worker when ``MLOPS_STEP_WORKER=warm`` (see :mod:`pipelines.worker`).
+
+    Otherwise, and always inside the worker's own step processes, the step runs here.
+    """
+
+    @functools.wraps(fn)
+    def step(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        from pipelines import worker
+
+        if worker.enabled():
+            return worker.call(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return step
+
+
+@in_step_worker
 def run_collect(ctx: RunContext) -> dict[str, Any]:
     from pipelines.collect import collect
 
@@ -97,6 +117,7 @@ def run_collect(ctx: RunContext) -> dict[str, Any]:
     ).as_dict()
 
 
+@in_step_worker
 def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
     """The gate; a rejected batch is also recorded on the run's MLflow run before failing."""
     from pipelines.tracking import log_validation
@@ -121,6 +142,7 @@ def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
+@in_step_worker
 def run_preprocess(ctx: RunContext) -> dict[str, Any]:
     from pipelines.collect import source_date
     from pipelines.preprocess import preprocess
@@ -159,6 +181,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@in_step_worker
 def run_version_data(
     ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -215,6 +238,7 @@ def run_version_data(
     return {**base, "versioned": True, **version.as_dict()}
 
 
+@in_step_worker
 def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None) -> dict[str, Any]:
     from pipelines.train import train
 
@@ -226,6 +250,7 @@ def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, A
     return result
 
 
+@in_step_worker
 def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     from pipelines.evaluate import evaluate
 
@@ -238,6 +263,7 @@ def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, 
     )
 
 
+@in_step_worker
 def run_register(
     ctx: RunContext,
     processed: dict[str, Any],
@@ -272,6 +298,7 @@ def run_register(
     )
 
 
+@in_step_worker
 def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
     from pipelines.predict import batch_predict
     from pipelines.validate import load_reference
@@ -397,6 +424,7 @@ def run_record_retraining(ctx: RunContext, decision: dict[str, Any]) -> dict[str
     }
 
 
+@in_step_worker
 def run_record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
     """In a training run started by monitoring: record why on its MLflow run (tags and note).
 

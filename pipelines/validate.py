@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.collect import PART_FILE, partition_dir
+from pipelines.collect import PART_FILE, partition_dir, read_partitions
 from pipelines.config import DatasetConfig, Params, ValidateConfig
 from pipelines.preprocess import REFERENCE_FILE
 
@@ -50,6 +50,10 @@ class ValidationFailed(RuntimeError):
     def __init__(self, message: str, report: ValidationReport):
         super().__init__(message)
         self.report = report
+
+    def __reduce__(self):
+        # With its report, so it crosses from the step worker's process to the task intact.
+        return (type(self), (str(self), self.report))
 
 
 @dataclass
@@ -339,8 +343,7 @@ def load_reference(processed_dir: Path) -> dict[str, Any] | None:
 
 
 def _read_staged(staging_dir: Path, days: list[dt.date]) -> pd.DataFrame:
-    frames = [pd.read_parquet(partition_dir(staging_dir, d) / PART_FILE) for d in days]
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return read_partitions([partition_dir(staging_dir, d) / PART_FILE for d in days])
 
 
 def publish(staging_dir: Path, days: list[dt.date], raw_dir: Path) -> list[str]:

@@ -1,0 +1,351 @@
+"""End to end: one nightly run of the training DAG over a full year, through Airflow and through the CLI.
+
+    .venv/bin/python -m benchmarks.e2e [--modes cold,warm,cli] [--date 2013-12-30]
+
+Modes, each in a fresh state folder (a clone of this repository for DVC, its
+own Airflow and MLflow databases), so every run collects, validates and
+versions the 364 days from scratch, trains the first model and scores the
+next day:
+
+* ``cold``: Airflow's scheduler with the LocalExecutor on SQLite, each task in
+  its own new process that imports what its step needs (what ``make pipeline``
+  did before the step worker).
+* ``warm``: the same, with the step worker (:mod:`pipelines.worker`) started
+  beside the scheduler: tasks hand their step to it and it runs each in a
+  fork of a process that imported the libraries once.
+* ``cli``: ``python -m pipelines run`` (every step in one process, no
+  Airflow), with the same libraries imported before the first step, so its
+  import time is measured apart from its steps.
+
+Per step: its wall time (Airflow: the task instance's start to end) and the
+peak RSS of the process(es) that ran it (sampled every 0.2 s; the step
+worker's children report their own ``VmHWM``). The orchestration overhead is
+the Airflow run's time over the CLI's steps time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import (
+    REPO,
+    PeakSampler,
+    clean_env,
+    command_line,
+    fresh_state,
+    machine,
+    markdown_table,
+    mib,
+    report,
+    secs,
+)
+
+DAG_ID = "flights_training"
+STEPS = ["collect", "validate", "preprocess", "version_data", "train", "evaluate", "register", "batch_predict"]
+_TI = re.compile(r"airflow worker -- ([0-9a-fA-F-]{32,36})")
+_STEP = re.compile(r"mlops step -- (\S+)")
+
+
+def _label(cmd: list[str]) -> str | None:
+    line = " ".join(cmd)
+    if m := _TI.search(line):
+        return "ti:" + m.group(1).replace("-", "").lower()
+    if m := _STEP.search(line):
+        return "step:" + m.group(1)
+    if "pipelines.worker" in line and "serve" in line:
+        return "step-worker"
+    for name in ("scheduler", "dag-processor", "api-server", "api_server"):
+        if f"airflow {name}" in line or f"-m airflow {name}" in line:
+            return name.replace("_", "-")
+    if "pipelines run" in line or "benchmarks.e2e cli-child" in line:
+        return "cli"
+    return None
+
+
+def _airflow_env(env: dict[str, str], code_dir: Path, port: int) -> dict[str, str]:
+    from pipelines.local import airflow_env
+    from pipelines.settings import resolve
+
+    env = dict(env)
+    env.update(airflow_env(resolve(env)))
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(code_dir / "dags")
+    env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(code_dir / "plugins")
+    if code_dir != REPO:
+        env["PYTHONPATH"] = str(code_dir)
+        env["MLOPS_PARAMS"] = str(code_dir / "params.yaml")
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    env["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
+    passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    passwords.write_text(json.dumps({"admin": "admin"}))
+    return env
+
+
+def run_airflow(mode: str, date: str, port: int, code_dir: Path, keep: bool) -> dict:
+    """One DAG run through the scheduler; ``mode`` is ``cold`` or ``warm`` (the step worker)."""
+    from pipelines.airflow_local import AirflowCluster
+
+    state, base = fresh_state(f"airflow-{mode}")
+    env = _airflow_env(clean_env(base), code_dir, port)
+    if mode == "warm":
+        env["MLOPS_STEP_WORKER"] = "warm"
+        env["MLOPS_STEP_WORKER_SOCKET"] = str(state / "worker.sock")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    migrated = time.perf_counter() - started
+    out: dict = {"mode": mode, "state": str(state), "migrate_s": migrated}
+    with PeakSampler(_label) as sampler:
+        t0 = time.perf_counter()
+        with AirflowCluster(env, log_dir=state / "services", api_port=port) as cluster:
+            if mode == "warm":
+                from pipelines.worker import start_service, wait_ready
+
+                start_service(cluster.services, env)
+            cluster.wait_for_dag(DAG_ID)
+            if mode == "warm":
+                wait_ready(env, timeout=600, services=cluster.services)
+            out["services_ready_s"] = time.perf_counter() - t0
+            run_id = f"bench__{mode}__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+            cluster.trigger(DAG_ID, run_id, logical_date=cluster.next_dagrun(DAG_ID), conf={"data_date": date})
+            t1 = time.perf_counter()
+            cluster.unpause(DAG_ID)
+            try:
+                state_ = cluster.wait_for_run(DAG_ID, run_id, timeout=3600, poll=1)
+            finally:
+                cluster.airflow("dags", "pause", DAG_ID, check=False)
+            out["trigger_to_end_s"] = time.perf_counter() - t1
+            out["state_"] = state_
+            rows = cluster._query(
+                "SELECT id, task_id, start_date, end_date, state FROM task_instance WHERE dag_id = :d AND run_id = :r",
+                d=DAG_ID, r=run_id,
+            )
+            run_row = cluster._query(
+                "SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=DAG_ID, r=run_id
+            )[0]
+        out["total_s"] = time.perf_counter() - t0
+    from pipelines.airflow_local import _as_datetime
+
+    tasks = {}
+    for ti_id, task_id, start, end, ti_state in rows:
+        start, end = _as_datetime(start), _as_datetime(end)
+        tasks[task_id] = {
+            "state": ti_state,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "seconds": (end - start).total_seconds(),
+            "task_rss": sampler.peaks.get("ti:" + str(ti_id).replace("-", "").lower()),
+        }
+    steps = _worker_steps(state, run_id)
+    for task_id, rec in steps.items():
+        if task_id in tasks:
+            tasks[task_id]["step_rss"] = max(rec.get("peak_rss", 0), sampler.peaks.get(f"step:{task_id}", 0))
+            tasks[task_id]["step_seconds"] = rec.get("seconds")
+    run_start, run_end = (_as_datetime(v) for v in run_row)
+    out["dag_run_s"] = (run_end - run_start).total_seconds()
+    firsts = sorted(tasks.values(), key=lambda t: t["start"])
+    if firsts:
+        out["tasks_span_s"] = (
+            dt.datetime.fromisoformat(max(t["end"] for t in firsts)) - dt.datetime.fromisoformat(firsts[0]["start"])
+        ).total_seconds()
+    out["tasks"] = tasks
+    out["services_rss"] = {k: v for k, v in sampler.peaks.items() if not k.startswith(("ti:", "step:"))}
+    out["model"] = _model_metrics(env)
+    if not keep:
+        from benchmarks.common import remove_state
+
+        remove_state(state)
+    return out
+
+
+def _worker_steps(state: Path, run_id: str) -> dict[str, dict]:
+    """What the step worker recorded about each step of ``run_id`` (time, peak RSS)."""
+    path = state / "home" / "worker" / "steps.jsonl"
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("run_id") == run_id:
+                out[rec["step"]] = rec
+    return out
+
+
+def _model_metrics(env: dict[str, str]) -> dict:
+    """The registered model's holdout AUC against the baseline's (from the run's MLflow store)."""
+    code = (
+        "import json, mlflow\n"
+        "from pipelines.settings import resolve\n"
+        "uri = resolve().tracking_uri\n"
+        "c = mlflow.MlflowClient(uri, uri)\n"
+        "vs = c.search_model_versions(\"name = 'flight_delay'\")\n"
+        "v = max(vs, key=lambda v: int(v.version)) if vs else None\n"
+        "print(json.dumps({} if v is None else {'auc': v.tags.get('metrics.holdout_auc'), "
+        "'baseline_auc': v.tags.get('metrics.baseline_holdout_auc'), 'promotion': v.tags.get('promotion.decision')}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": done.stderr[-500:]}
+
+
+def run_cli(date: str, keep: bool) -> dict:
+    """``python -m pipelines run`` in one process, libraries imported first (timed apart)."""
+    state, base = fresh_state("cli")
+    env = clean_env(base)
+    result_file = state / "cli.json"
+    with PeakSampler(_label) as sampler:
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.e2e", "cli-child", "--date", date, "--out", str(result_file)],
+            env=env, cwd=REPO, capture_output=True, text=True,
+        )
+        wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"the CLI run failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+    out = json.loads(result_file.read_text())
+    out.update({"mode": "cli", "state": str(state), "wall_s": wall, "sampled_rss": sampler.peaks.get("cli")})
+    out["model"] = _model_metrics(env)
+    if not keep:
+        from benchmarks.common import remove_state
+
+        remove_state(state)
+    return out
+
+
+def cli_child(date: str, out: Path) -> int:
+    """Inside the CLI run's process: import the libraries, then run every step, timing each."""
+    import logging
+    import resource
+
+    t0 = time.perf_counter()
+    from pipelines.worker import preload
+
+    preload()
+    imports = time.perf_counter() - t0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines import run as steps
+    from pipelines.run import RunContext
+
+    ctx = RunContext(dag_id="cli", run_id=f"cli__{date}", run_day=dt.date.fromisoformat(date))
+    times: dict[str, float] = {}
+    rss: dict[str, int] = {}
+
+    def step(name, fn, *args):
+        t = time.perf_counter()
+        result = fn(ctx, *args)
+        times[name] = time.perf_counter() - t
+        rss[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return result
+
+    t1 = time.perf_counter()
+    collected = step("collect", steps.run_collect)
+    validated = step("validate", steps.run_validate, collected)
+    processed = step("preprocess", steps.run_preprocess)
+    versioned = step("version_data", steps.run_version_data, processed, validated)
+    trained = step("train", steps.run_train, processed, validated)
+    evaluation = step("evaluate", steps.run_evaluate, processed, trained)
+    registered = step("register", steps.run_register, processed, trained, evaluation, versioned)
+    step("batch_predict", steps.run_batch_predict)
+    steps_s = time.perf_counter() - t1
+    out.write_text(
+        json.dumps(
+            {"imports_s": imports, "steps_s": steps_s, "steps": times, "peak_rss_after": rss, "registered": registered},
+            default=str,
+        )
+    )
+    return 0
+
+
+def _table(results: dict[str, dict]) -> str:
+    headers = ["step"]
+    for mode in results:
+        headers += [f"{mode}: s", f"{mode}: peak RSS MiB"]
+    rows = []
+    for name in STEPS:
+        row = [name]
+        for mode, res in results.items():
+            if mode == "cli":
+                row += [secs(res["steps"].get(name)), "(one process)"]
+            else:
+                t = res["tasks"].get(name, {})
+                peak = max(t.get("task_rss") or 0, t.get("step_rss") or 0) or None
+                row += [secs(t.get("seconds")), mib(peak)]
+        rows.append(row)
+    total = ["**nightly run**"]
+    for mode, res in results.items():
+        if mode == "cli":
+            total += [f"**{res['steps_s']:.1f}** (steps)", mib(res.get("sampled_rss"))]
+        else:
+            total += [f"**{res['dag_run_s']:.1f}** (DAG run)", ""]
+    rows.append(total)
+    start = ["start-up, once"]
+    for mode, res in results.items():
+        if mode == "cli":
+            start += [f"{res['imports_s']:.1f} (imports)", ""]
+        else:
+            start += [f"{res['services_ready_s']:.1f} (services)", mib(max(res["services_rss"].values(), default=0))]
+    rows.append(start)
+    return markdown_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("mode", nargs="?", default="bench", choices=["bench", "cli-child"])
+    p.add_argument("--modes", default="cold,warm,cli")
+    p.add_argument("--date", default="2013-12-30")
+    p.add_argument("--port", type=int, default=18120, help="Airflow API port (18120-18139 are this suite's)")
+    p.add_argument("--code", type=Path, default=REPO, help="run the DAG and steps from this copy of the code")
+    p.add_argument("--keep", action="store_true", help="keep the state folders")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--name", default="e2e")
+    args = p.parse_args(argv)
+    if args.mode == "cli-child":
+        return cli_child(args.date, args.out)
+    results: dict[str, dict] = {}
+    raw = {"machine": machine(), "date": args.date, "code": str(args.code)}
+    for mode in args.modes.split(","):
+        print(f"[{dt.datetime.now():%H:%M:%S}] {mode} ...", flush=True)
+        if mode == "cli":
+            results[mode] = run_cli(args.date, args.keep)
+        else:
+            results[mode] = run_airflow(mode, args.date, args.port, args.code.resolve(), args.keep)
+        print(json.dumps(results[mode], indent=1, default=str)[:4000], flush=True)
+        raw[mode] = results[mode]
+    notes = []
+    for mode, res in results.items():
+        m = res.get("model", {})
+        if mode != "cli":
+            notes.append(
+                f"- {mode}: DAG run {res['dag_run_s']:.1f} s (state {res.get('state_')}); services start "
+                f"{res['services_ready_s']:.1f} s; end to end with start-up {res['total_s']:.1f} s; "
+                f"holdout AUC {m.get('auc')} vs baseline {m.get('baseline_auc')}"
+            )
+        else:
+            notes.append(
+                f"- cli: {res['wall_s']:.1f} s wall = {res['imports_s']:.1f} s imports + {res['steps_s']:.1f} s steps; "
+                f"peak RSS {mib(res.get('sampled_rss'))} MiB; holdout AUC {m.get('auc')} vs baseline {m.get('baseline_auc')}"
+            )
+    if "cli" in results:
+        for mode in results:
+            if mode != "cli":
+                ratio = results[mode]["dag_run_s"] / results["cli"]["steps_s"]
+                cold = results[mode]["total_s"] / results["cli"]["wall_s"]
+                raw[f"overhead_{mode}"] = {"run": ratio, "with_start_up": cold}
+                notes.append(
+                    f"- orchestration overhead, {mode}: Airflow DAG run / CLI steps = **{ratio:.2f}x**; "
+                    f"with start-up (services + run) / (CLI imports + steps) = {cold:.2f}x"
+                )
+    report(args.name, "End to end: one nightly run over a full year (336,776 flights)", command_line(), _table(results), raw, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

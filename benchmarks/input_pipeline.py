@@ -1,0 +1,226 @@
+"""The tf.data input pipeline against what training consumes, and against an in-memory baseline.
+
+    .venv/bin/python -m benchmarks.input_pipeline [--scales 1,10] [--epochs 2]
+
+On the prepared year (benchmarks/data.py), at each growth factor, each
+measurement in its own process (peak RSS is that process's ``VmHWM``; "+" is
+the part above the process's RSS once its libraries were imported):
+
+* input, iteration only: one epoch of the training split through
+  ``pipelines.tfdata.make_dataset`` as training builds it (shard interleave,
+  block parsing, the model's preprocessing, windowed shuffle, batches), no
+  model: examples/s the pipeline can deliver;
+* training step: the core model fitted on batches already in memory (the
+  same batches, repeated): examples/s training consumes; the input should
+  be at least 5x faster;
+* training, streaming: ``pipelines.train.fit_model`` (the production path,
+  validation included) for ``--epochs`` epochs, with the in-memory cache of
+  parsed blocks on (``train.cache: true``, the default) and off;
+* training, in-memory baseline: the splits read into pandas, converted and
+  preprocessed whole, and fed to Keras as arrays (``fit(x, y)``), same model,
+  same epochs.
+
+CPU only: no GPU was lent to this project's sessions, so the GPU path (one
+GPU, ``MirroredStrategy`` over several, mixed precision) is not measured.
+Mixed precision applies on GPUs only in the pipeline (``train.mixed_precision``);
+on this CPU the training step is also measured with Keras' ``mixed_bfloat16``
+policy (the CPU has AVX512-BF16) to show what it would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, command_line, machine, markdown_table, mib, report, self_peak_rss
+from benchmarks.data import prepared
+
+
+def _rss() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _setup(params_file: str, processed: str):
+    import keras
+
+    from pipelines.config import load_params
+    from pipelines.model import build_preprocessing, select_hardware
+    from pipelines.preprocess import STATS_FILE, load_manifest
+    from pipelines.train import _bucket_boundaries
+
+    params = load_params(params_file)
+    keras.utils.set_random_seed(params.train.seed)
+    hardware = select_hardware(False)
+    manifest = load_manifest(Path(processed))
+    stats = json.loads((Path(processed) / STATS_FILE).read_text())
+    boundaries = _bucket_boundaries(params, Path(manifest["splits"]["train"]["parquet"]))
+    preprocessing = build_preprocessing(params.dataset, stats, params.train, boundaries)
+    return params, hardware, manifest, preprocessing
+
+
+def child_input(params_file: str, processed: str, with_model_preprocessing: str) -> dict:
+    from pipelines.tfdata import make_dataset
+
+    params, _, manifest, preprocessing = _setup(params_file, processed)
+    cfg = params.train
+    base = _rss()
+    ds = make_dataset(
+        manifest["splits"]["train"]["tfrecords"], params.dataset, cfg.batch_size,
+        compression=params.preprocess.compression, shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+        deterministic=cfg.deterministic, cache=False,
+        preprocess=preprocessing if with_model_preprocessing == "yes" else None,
+    )
+    t0 = time.perf_counter()
+    n = 0
+    for _, y in ds:
+        n += int(y.shape[0])
+    seconds = time.perf_counter() - t0
+    return {"examples": n, "seconds": seconds, "examples_per_s": n / seconds, "peak_rss": self_peak_rss(), "base_rss": base}
+
+
+def child_train_step(params_file: str, processed: str, policy: str) -> dict:
+    import keras
+
+    from pipelines.model import build_core_model
+    from pipelines.tfdata import make_dataset
+
+    params, _, manifest, preprocessing = _setup(params_file, processed)
+    cfg = params.train
+    keras.mixed_precision.set_global_policy(policy)
+    steps = 60
+    batches = make_dataset(
+        manifest["splits"]["train"]["tfrecords"], params.dataset, cfg.batch_size,
+        compression=params.preprocess.compression, shuffle=True, seed=cfg.seed, preprocess=preprocessing,
+    ).take(steps).cache()
+    for _ in batches:  # fill the cache: what follows is the training step alone
+        pass
+    core = build_core_model(preprocessing, cfg, steps_per_epoch=steps)
+    core.fit(batches.take(5), epochs=1, verbose=0)  # trace and warm up
+    t0 = time.perf_counter()
+    core.fit(batches.repeat(), steps_per_epoch=steps, epochs=3, verbose=0)
+    seconds = time.perf_counter() - t0
+    n = 3 * steps * cfg.batch_size
+    return {"examples": n, "seconds": seconds, "examples_per_s": n / seconds, "policy": policy, "peak_rss": self_peak_rss()}
+
+
+def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
+    from pipelines.config import load_params
+    from pipelines.model import select_hardware
+    from pipelines.preprocess import load_manifest
+
+    params = load_params(params_file).with_overrides(
+        {"train.epochs": epochs, "train.early_stopping_patience": 1000, "train.cache": mode != "streaming-nocache"}
+    )
+    manifest = load_manifest(Path(processed))
+    rows = manifest["splits"]["train"]["rows"]
+    if mode.startswith("streaming"):
+        import tensorflow as tf  # noqa: F401 - imported before the baseline RSS, as in the in-memory mode
+
+        from pipelines.train import fit_model
+
+        base = _rss()
+        _, _, seconds = fit_model(params, Path(processed), select_hardware(False))
+    else:
+        import keras
+        import numpy as np
+        import pandas as pd
+        import tensorflow as tf
+
+        from pipelines.features import LABEL, to_model_inputs
+        from pipelines.model import build_core_model
+
+        _, hardware, _, preprocessing = _setup(params_file, processed)
+        base = _rss()
+        t0 = time.perf_counter()
+        arrays = {}
+        for split in ("train", "validation"):
+            frame = pd.read_parquet(manifest["splits"][split]["parquet"])
+            inputs = to_model_inputs(frame, params.dataset.features)
+            x = preprocessing({k: tf.constant(v) for k, v in inputs.items()})
+            arrays[split] = ({k: np.asarray(v) for k, v in x.items()}, frame[LABEL].to_numpy(dtype=np.float32))
+            del frame, inputs, x
+        load_s = time.perf_counter() - t0
+        keras.utils.set_random_seed(params.train.seed)
+        core = build_core_model(preprocessing, params.train, steps_per_epoch=-(-rows // params.train.batch_size))
+        t1 = time.perf_counter()
+        core.fit(
+            arrays["train"][0], arrays["train"][1], batch_size=params.train.batch_size, epochs=epochs,
+            validation_data=arrays["validation"], shuffle=True, verbose=0,
+        )
+        seconds = time.perf_counter() - t1 + load_s
+    return {"mode": mode, "rows": rows, "epochs": epochs, "seconds": seconds,
+            "examples_per_s": rows * epochs / seconds, "peak_rss": self_peak_rss(), "base_rss": base}
+
+
+def _child(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.input_pipeline", "child", *args], cwd=REPO, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", nargs="?", default="bench")
+    p.add_argument("args", nargs="*")
+    p.add_argument("--scales", default="1,10")
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.what == "child":
+        kind, *rest = args.args
+        fn = {"input": child_input, "train_step": child_train_step, "fit": child_fit}[kind]
+        print(json.dumps(fn(*[int(a) if a.isdigit() else a for a in rest])))
+        return 0
+    scales = [int(s) for s in args.scales.split(",")]
+    raw: dict = {"machine": machine(), "epochs": args.epochs}
+    rows = []
+    for scale in scales:
+        pf, processed = (str(x) for x in prepared(scale))
+        r = raw[f"x{scale}"] = {}
+        r["input_raw"] = _child("input", pf, processed, "no")
+        r["input"] = _child("input", pf, processed, "yes")
+        if scale == scales[0]:
+            r["train_step"] = _child("train_step", pf, processed, "float32")
+            r["train_step_bf16"] = _child("train_step", pf, processed, "mixed_bfloat16")
+        for mode in ("streaming", "streaming-nocache", "in-memory"):
+            r[mode] = _child("fit", pf, processed, mode, str(args.epochs))
+        print(json.dumps(r, indent=1), flush=True)
+        label = f"x{scale} ({r['streaming']['rows']:,} training rows)"
+        rows.append([label, "input pipeline, iteration only: parse only", f"{r['input_raw']['examples_per_s']:,.0f}", mib(r["input_raw"]["peak_rss"])])
+        rows.append([label, "input pipeline, iteration only: parse + model preprocessing", f"{r['input']['examples_per_s']:,.0f}", mib(r["input"]["peak_rss"])])
+        if "train_step" in r:
+            ratio = r["input"]["examples_per_s"] / r["train_step"]["examples_per_s"]
+            rows.append([label, f"training step alone (float32); input/training = **{ratio:.1f}x**", f"{r['train_step']['examples_per_s']:,.0f}", mib(r["train_step"]["peak_rss"])])
+            rows.append([label, "training step alone, mixed_bfloat16 (not used on CPU by the pipeline)", f"{r['train_step_bf16']['examples_per_s']:,.0f}", mib(r["train_step_bf16"]["peak_rss"])])
+        for mode, text in (("streaming", "training, streaming (cache on, the default)"),
+                           ("streaming-nocache", "training, streaming (cache off)"),
+                           ("in-memory", "training, in-memory baseline (pandas -> Keras arrays)")):
+            m = r[mode]
+            rows.append([label, f"{text}, {args.epochs} epochs", f"{m['examples_per_s']:,.0f}",
+                         f"{mib(m['peak_rss'])} (+{mib(m['peak_rss'] - m['base_rss'])})"])
+    notes = []
+    if len(scales) > 1:
+        a, b = raw[f"x{scales[0]}"], raw[f"x{scales[-1]}"]
+        for mode in ("streaming", "streaming-nocache", "in-memory"):
+            notes.append(
+                f"- {mode}: peak RSS x{scales[-1]} / x{scales[0]} = **{b[mode]['peak_rss'] / a[mode]['peak_rss']:.2f}x** "
+                f"(above the libraries: {(b[mode]['peak_rss'] - b[mode]['base_rss']) / max(a[mode]['peak_rss'] - a[mode]['base_rss'], 1):.2f}x); "
+                f"throughput x{scales[-1]} / x{scales[0]} = {b[mode]['examples_per_s'] / a[mode]['examples_per_s']:.2f}x"
+            )
+    notes.append("- CPU only: the GPU path (one GPU, MirroredStrategy, mixed precision) is not yet measured.")
+    table = markdown_table(["data", "what", "examples/s", "peak RSS MiB"], rows)
+    report("input_pipeline", "Input pipeline and training throughput (CPU)", command_line(), table, raw, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
