@@ -280,8 +280,31 @@ def drift_columns(spec: DatasetConfig, cfg: MonitorConfig.Drift) -> tuple[list[s
 # --------------------------------------------------------------------------- the checks
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """What every check returns besides its figures: where its Evidently report is."""
+
+    report_html: str | None = None
+    report_json: str | None = None
+    report_uri: str | None = None  # the MLflow artifact, once logged
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+
+def _with_report(result: CheckResult, snapshot: Any, out_dir: Path, name: str) -> CheckResult:
+    """Save the check's Evidently report (HTML and JSON) beside its result, and log both."""
+    html, json_path = _save_report(snapshot, out_dir, name)
+    result = replace(result, report_html=html, report_json=json_path)
+    log.info("%s; report: %s (JSON %s)", result.summary(), html, json_path)
+    return result
+
+
 @dataclass(frozen=True)
-class DataDrift:
+class DataDrift(CheckResult):
     status: str  # "ok" | "no_data"
     detected: bool
     share: float
@@ -291,13 +314,6 @@ class DataDrift:
     threshold: float
     current_rows: int
     reference_rows: int
-    report_html: str | None = None
-    report_json: str | None = None
-    report_uri: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def summary(self) -> str:
         if self.status != "ok":
             return "data drift: no published rows in the window"
@@ -351,7 +367,6 @@ def check_data_drift(
     flags = _column_tests(d)
     drifted = [c for c in columns if flags.get(c)]
     share = len(drifted) / len(columns)
-    html, json_path = _save_report(snapshot, out_dir, "data_drift")
     result = DataDrift(
         "ok",
         share >= cfg.drift_share,
@@ -362,15 +377,12 @@ def check_data_drift(
         cfg.drift_share,
         len(current),
         len(reference),
-        html,
-        json_path,
     )
-    log.info("%s; report: %s (JSON %s)", result.summary(), html, json_path)
-    return result
+    return _with_report(result, snapshot, out_dir, "data_drift")
 
 
 @dataclass(frozen=True)
-class PredictionDrift:
+class PredictionDrift(CheckResult):
     status: str  # "ok" | "insufficient_data"
     detected: bool
     score: float | None
@@ -380,13 +392,6 @@ class PredictionDrift:
     reference_rows: int
     current_mean: float | None
     reference_mean: float | None
-    report_html: str | None = None
-    report_json: str | None = None
-    report_uri: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def summary(self) -> str:
         if self.status != "ok":
             return f"prediction drift: {self.current_rows} scored rows in the window, too few to compare"
@@ -419,7 +424,6 @@ def check_prediction_drift(
     d = snapshot.dict()
     score = _column_scores(d)[PROBABILITY]
     detected = _column_tests(d)[PROBABILITY]
-    html, json_path = _save_report(snapshot, out_dir, "prediction_drift")
     result = PredictionDrift(
         "ok",
         detected,
@@ -430,15 +434,12 @@ def check_prediction_drift(
         n_ref,
         float(current_proba.mean()),
         float(reference_proba.mean()),
-        html,
-        json_path,
     )
-    log.info("%s; report: %s (JSON %s)", result.summary(), html, json_path)
-    return result
+    return _with_report(result, snapshot, out_dir, "prediction_drift")
 
 
 @dataclass(frozen=True)
-class Performance:
+class Performance(CheckResult):
     status: str  # "ok" | "insufficient_data"
     detected: bool
     rows: int
@@ -448,13 +449,6 @@ class Performance:
     worsening: dict[str, float]  # metric -> how much worse than on the holdout (negative: better)
     limits: dict[str, float]
     exceeded: list[str]
-    report_html: str | None = None
-    report_json: str | None = None
-    report_uri: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def summary(self) -> str:
         if self.status != "ok":
             return f"performance: {self.rows} labelled scored flights in the window, too few to judge"
@@ -523,7 +517,6 @@ def check_performance(
     snapshot = Report([ClassificationPreset(probas_threshold=threshold)]).run(
         current_data=dataset(labelled), reference_data=dataset(reference)
     )
-    html, json_path = _save_report(snapshot, out_dir, "performance")
     result = Performance(
         "ok",
         bool(exceeded),
@@ -534,11 +527,8 @@ def check_performance(
         worse,
         limits,
         exceeded,
-        html,
-        json_path,
     )
-    log.info("%s; report: %s (JSON %s)", result.summary(), html, json_path)
-    return result
+    return _with_report(result, snapshot, out_dir, "performance")
 
 
 # --------------------------------------------------------------------------- the decision

@@ -22,3 +22,13 @@ def set_env(values: Mapping[str, str]) -> Callable[[], None]:
                 os.environ[key] = value
 
     return restore
+
+
+def deep_update(base: dict, extra: Mapping) -> dict:
+    """Merge ``extra`` into the nested mapping ``base`` (e.g. a parsed params.yaml); returns ``base``."""
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base

@@ -173,9 +173,8 @@ def _checks(drift: bool = False, prediction: bool = False, performance: bool = F
         0.1,
         6000,
         20000,
-        "/r/data_drift.html",
-        None,
-        "runs:/m/reports/data_drift.html",
+        report_html="/r/data_drift.html",
+        report_uri="runs:/m/reports/data_drift.html",
     )
     p = PredictionDrift(
         "ok",
@@ -187,7 +186,7 @@ def _checks(drift: bool = False, prediction: bool = False, performance: bool = F
         20000,
         0.1,
         0.2,
-        "/r/prediction_drift.html",
+        report_html="/r/prediction_drift.html",
     )
     f = Performance(
         "ok",
@@ -199,7 +198,7 @@ def _checks(drift: bool = False, prediction: bool = False, performance: bool = F
         {"auc": 0.02, "brier": 0.17 if performance else 0.02},
         {"auc": 0.05, "brier": 0.1},
         ["brier"] if performance else [],
-        "/r/performance.html",
+        report_html="/r/performance.html",
     )
     return d, p, f
 

