@@ -33,11 +33,14 @@ ENV PYTHONUNBUFFERED=1 \
     UV_NO_CACHE=1
 
 # The project's code, gathered once so that both targets copy the same tree.
+# With its git and DVC settings: airflow-init makes a copy of it the data
+# repository that the pipeline versions its data in.
 FROM scratch AS project
 COPY dags/ /opt/project/dags/
 COPY plugins/ /opt/project/plugins/
 COPY pipelines/ /opt/project/pipelines/
-COPY params.yaml dvc.yaml /opt/project/
+COPY params.yaml dvc.yaml .gitignore .dvcignore /opt/project/
+COPY .dvc/config .dvc/.gitignore /opt/project/.dvc/
 
 
 FROM base AS gpu

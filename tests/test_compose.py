@@ -343,3 +343,167 @@ def test_mlflow_reads_the_auth_config(
     config = read_auth_config()
 
     assert config.database_uri.endswith("@postgres:5432/mlflow_auth")
+
+
+# --- shared state: every worker sees the data and its repository -------------------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> named volume."""
+    out = {}
+    for mount in service.get("volumes", []):
+        source, target = str(mount).split(":")[:2]
+        if not source.startswith((".", "/")):
+            out[target] = source
+    return out
+
+
+def test_data_and_its_repository_live_in_a_volume_every_worker_shares(services: dict[str, Any]) -> None:
+    """A task reads what the previous task of its run wrote, possibly on another worker."""
+    image_env = dict(
+        re.findall(
+            r"(\w+)=(\S+)", " ".join(re.findall(r"(?m)^ENV\s+(.*)$", re.sub(r"\\\n", " ", DOCKERFILE.read_text())))
+        )
+    )
+    for name in ("airflow-worker", "airflow-worker-gpu", "airflow-init"):
+        env = {**image_env, **_environment(services[name])}
+        mounts = _mounts(services[name])
+        for key in ("MLOPS_HOME", "MLOPS_DVC_REPO", "MLOPS_DATA_DIR"):
+            path = env[key]
+            volume = [vol for target, vol in mounts.items() if path == target or path.startswith(target + "/")]
+            assert volume == ["mlops-state"], f"{name}: {key}={path} is not in the shared mlops-state volume"
+    worker = _environment(services["airflow-worker"])
+    assert worker["MLOPS_DATA_DIR"].startswith(worker["MLOPS_DVC_REPO"] + "/"), (
+        "DVC versions data inside its repository"
+    )
+    init = "\n".join(_command(services["airflow-init"]))
+    assert 'git -C "$$MLOPS_DVC_REPO" init' in init, "airflow-init creates the data repository"
+
+
+# --- the KubernetesExecutor equivalent (docs/kubernetes) -------------------------------
+
+K8S_DIR = REPO / "docs" / "kubernetes"
+CELERY_ONLY = {"AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"}
+
+
+def _k8s(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((K8S_DIR / name).read_text()) if doc]
+
+
+def test_kubernetes_config_carries_composes_airflow_settings(
+    services: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    compose_env = {k: _interpolate(str(v), env_example) for k, v in _environment(services["airflow-worker"]).items()}
+    docs = {doc["kind"]: doc for doc in _k8s("config.yaml")}
+    config, secret = docs["ConfigMap"]["data"], docs["Secret"]["stringData"]
+    assert not set(config) & set(secret)
+    executor_keys = {k for k in config if k.startswith("AIRFLOW__KUBERNETES_EXECUTOR__")}
+    assert set(config) | set(secret) == (set(compose_env) - CELERY_ONLY) | executor_keys
+    assert config["AIRFLOW__CORE__EXECUTOR"] == "KubernetesExecutor"
+    assert {"NAMESPACE", "POD_TEMPLATE_FILE"} <= {
+        k.removeprefix("AIRFLOW__KUBERNETES_EXECUTOR__") for k in executor_keys
+    }
+    for key, value in config.items():  # same values, the executor aside
+        if key in compose_env and key != "AIRFLOW__CORE__EXECUTOR":
+            assert str(value) == str(compose_env[key]), f"{key}: {value!r} here, {compose_env[key]!r} in compose"
+    assert set(secret.values()) == {"change-me"}, "placeholders only"
+    for key in secret:
+        assert _is_secret_name(key) or "://" in str(compose_env[key]) or key == "AWS_ACCESS_KEY_ID", key
+
+
+def test_kubernetes_pod_template_matches_the_compose_worker(services: dict[str, Any]) -> None:
+    (pod,) = _k8s("pod-template.yaml")
+    (config, secret) = _k8s("config.yaml")
+    assert pod["kind"] == "Pod" and pod["apiVersion"] == "v1"
+    (base,) = pod["spec"]["containers"]
+    assert base["name"] == "base", "the KubernetesExecutor runs the task in the container named base"
+    assert base["image"].endswith("mlops:cpu")
+    refs = {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in base["envFrom"]}
+    assert refs == {config["metadata"]["name"], secret["metadata"]["name"]}
+    worker_mounts = _mounts(services["airflow-worker"])
+    mounts = {m["mountPath"]: m["name"] for m in base["volumeMounts"]}
+    assert mounts["/opt/airflow/mlops"] == "mlops-state" == worker_mounts["/opt/airflow/mlops"]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 50000
+    template_path = config["data"]["AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE"]
+    assert template_path.endswith("/pod-template.yaml")
+
+
+def test_kubernetes_gpu_pod_override_requests_an_nvidia_gpu() -> None:
+    (pod,) = _k8s("gpu-pod-override.yaml")
+    assert pod["kind"] == "Pod"
+    (base,) = pod["spec"]["containers"]
+    assert base["name"] == "base", "pod_override merges into the container named base"
+    assert base["image"].endswith("mlops:gpu")
+    gpus = base["resources"]["limits"]["nvidia.com/gpu"]
+    assert isinstance(gpus, str) and int(gpus) >= 1, "quantities are strings"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    # docs/production.md shows the same pod in Python.
+    doc = (REPO / "docs" / "production.md").read_text()
+    assert f'limits={{"nvidia.com/gpu": "{gpus}"}}' in doc
+    assert f'image="{base["image"]}"' in doc
+    assert 'executor_config={"pod_override": GPU_POD}' in doc
+
+
+def test_kubernetes_pod_files_deserialize_to_v1pod() -> None:
+    client = pytest.importorskip("kubernetes.client", reason="the kubernetes client is not in the lock")
+    api = client.ApiClient()
+    for name in ("pod-template.yaml", "gpu-pod-override.yaml"):
+        (data,) = _k8s(name)
+        pod = api._ApiClient__deserialize(data, "V1Pod")
+        assert pod.spec.containers[0].name == "base"
+
+
+# --- the production docs' commands match the files ----------------------------------
+
+PRODUCTION_DOCS = REPO / "docs" / "production.md"
+README = REPO / "README.md"
+
+
+def _production_commands() -> list[str]:
+    """Shell lines in docs/production.md and the README's Production section (continuations joined)."""
+    readme = README.read_text()
+    section = readme[readme.index("\n## Production\n") :]
+    section = section[: section.index("\n## ", 1)]
+    lines = []
+    for text in (PRODUCTION_DOCS.read_text(), section):
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            lines += [ln.split("  #")[0].strip() for ln in block.replace("\\\n", " ").splitlines() if ln.strip()]
+    return lines
+
+
+def test_production_docs_commands_name_real_services_files_and_variables(
+    compose: dict[str, Any], services: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    commands = _production_commands()
+    assert any(c.startswith("docker compose up") for c in commands)
+    profiles = {p for s in services.values() for p in s.get("profiles", [])}
+    published = {int(str(p).rsplit(":", 1)[-1]) for s in services.values() for p in s.get("ports", [])}
+    assigned = {name for line in commands for name in re.findall(r"^([A-Z][A-Z0-9_]*)=", line)}
+    for line in commands:
+        for profile in re.findall(r"--profile (\S+)", line):
+            assert profile in profiles, line
+        for service in re.findall(r"--scale ([\w-]+)=", line) + re.findall(r"\b(?:exec(?: -T)?|logs) ([\w-]+)", line):
+            assert service in services, line
+        for path in re.findall(r"(?:-f |--from-file=|^cp )(\S+)", line):
+            assert (REPO / path).exists(), line
+        for var in re.findall(r"\$([A-Z][A-Z0-9_]+)", line):
+            assert var in env_example or var in assigned, f"{var} is not in .env.example: {line}"
+        for port in re.findall(r"https?://localhost:(\d+)", line):
+            assert int(port) in published, line
+    worker = _environment(services["airflow-worker"])
+    text = "\n".join(commands)
+    for key in ("MLOPS_DVC_REPO", "MLOPS_DVC_REMOTE_URL"):
+        if worker[key].split("/")[0] in text or worker[key] in text:
+            assert worker[key] in text, f"the docs' {key} differs from compose's {worker[key]}"
+    for path in re.findall(r"-C (/\S+)", text):
+        assert path == worker["MLOPS_DVC_REPO"], path
+    for url in re.findall(r"(s3://\S+)", text):
+        assert url == worker["MLOPS_DVC_REMOTE_URL"], url
+
+
+def test_production_docs_name_the_files_they_point_to() -> None:
+    text = PRODUCTION_DOCS.read_text()
+    for path in re.findall(r"`((?:docs|docker|tests)/[\w./-]+)`", text):
+        assert (REPO / path).exists(), path
+    for link in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", text):
+        assert (PRODUCTION_DOCS.parent / link).exists(), link
