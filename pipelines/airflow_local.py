@@ -153,10 +153,18 @@ class AirflowCluster:
 
     # -- lifecycle ---------------------------------------------------------
     def airflow(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-        """Run one ``airflow`` CLI command with the cluster's configuration."""
-        done = subprocess.run(
-            [self.python, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        """Run one ``airflow`` CLI command with the cluster's configuration.
+
+        On SQLite, a command that meets the lock of a running component is tried again
+        (up to five times): the database allows one writer at a time.
+        """
+        for attempt in range(5):
+            done = subprocess.run(
+                [self.python, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            )
+            if done.returncode == 0 or "database is locked" not in done.stderr:
+                break
+            time.sleep(2 * (attempt + 1))
         if check and done.returncode != 0:
             raise ServiceError(f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
         return done
