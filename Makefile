@@ -35,5 +35,11 @@ airflow-ui: install
 mlflow-ui: install
 	$(PY) -m pipelines.local mlflow-ui
 
+# Chromium for the browser test (tests/test_browser.py): Debian's package, installed when missing.
+# Needs root (or SUDO=sudo); .ci/run does this before `make test`.
+.PHONY: browser-deps
+browser-deps:
+	@test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
 clean:
 	rm -rf .local data/raw data/processed data/predictions data/quarantine

@@ -413,7 +413,12 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("trigger", help="create a DAG run (the UI's trigger form)")
     t.add_argument("--date", help="the run's data day, YYYY-MM-DD (conf data_date)")
     t.add_argument("--conf", type=_json_object, default={}, help="trigger parameters as JSON, e.g. '{\"epochs\": 3}'")
-    t.add_argument("--logical-date", default=None, help="ISO timestamp with zone; default none (a run without one)")
+    t.add_argument(
+        "--logical-date",
+        default=None,
+        help="ISO timestamp with zone; default none (a run without one). Airflow infers a manual run's data "
+        "interval as the one that ends at this date: to choose the training DAG's data day, use --date",
+    )
     t.add_argument("--run-id", default=None)
     t.add_argument("--note", default=None, help="a note shown on the run in the UI")
     t.add_argument("--unpause", action="store_true", help="unpause the DAG if it is paused")
