@@ -26,6 +26,11 @@ pipeline: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmark suite (not tests: nothing is asserted, CI times nothing); tables in benchmarks/results/.
+.PHONY: bench
+bench: install
+	$(PY) -m benchmarks $(if $(ONLY),--only $(ONLY))
+
 lint: install
 	$(VENV)/bin/ruff check pipelines dags plugins tests
 

@@ -160,7 +160,7 @@ def report(name: str, title: str, command: str, table: str, raw: dict, notes: Se
             "",
             f"Command: `{command}`  ",
             f"Machine: {raw.get('machine', machine())}  ",
-            f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            f"Date: {raw.get('measured', f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC')}",
             "",
             table,
             "",

@@ -23,9 +23,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from pipelines.config import DatasetConfig, FilesSource, Nycflights13Source, SqlSource
+from pipelines.lazy import lazy
+
+# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
+pd = lazy("pandas")
 
 log = logging.getLogger(__name__)
 

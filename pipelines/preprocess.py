@@ -21,12 +21,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from pipelines.collect import partition_path, read_partitions, training_window
 from pipelines.config import DatasetConfig, Params, PreprocessConfig
 from pipelines.features import LABEL, apply_label_rule, files_fingerprint, frame_fingerprint, to_model_inputs
+from pipelines.lazy import lazy
+
+# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
+np = lazy("numpy")
+pd = lazy("pandas")
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from pipelines.collect import PART_FILE, partition_dir, read_partitions
 from pipelines.config import DatasetConfig, Params, ValidateConfig
+from pipelines.lazy import lazy
 from pipelines.preprocess import REFERENCE_FILE
+
+# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
+pd = lazy("pandas")
 
 log = logging.getLogger(__name__)
 

@@ -168,6 +168,8 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> dict[str, float]:
     """Import the steps' libraries; returns seconds per module (what every task used to pay)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Read once, when TensorFlow or scikit-learn loads the OpenMP runtime: see pipelines.evaluate.fit_baseline.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     times = {}
     for name in modules:
         t = time.perf_counter()
