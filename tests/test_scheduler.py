@@ -26,6 +26,7 @@ import yaml
 from helpers import deep_update
 
 from pipelines.airflow_local import AirflowCluster
+from pipelines.worker import start_service, steps_file, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING, MONITORING = "flights_training", "flights_monitoring"
@@ -63,11 +64,17 @@ def backfill(tmp_path_factory: pytest.TempPathFactory):
         "MLOPS_DATA_DIR": str(root / "data"),
         "MLOPS_PARAMS": str(root / "params.yaml"),
         "MLOPS_VERSIONING": "off",
+        # Tasks hand their steps to a warm step worker (pipelines/worker.py), as in production
+        # where start-up costs matter: this test also checks that path through the scheduler.
+        "MLOPS_STEP_WORKER": "warm",
+        "MLOPS_STEP_WORKER_SOCKET": str(root / "worker.sock"),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     cluster = AirflowCluster(env, log_dir=root / "services", api_port=API_PORT)
     cluster.migrate()
     with cluster:
+        start_service(cluster.services, env)
+        wait_ready(env, services=cluster.services)
         cluster.wait_for_dag(TRAINING)
         cluster.wait_for_dag(MONITORING)
         cluster.unpause(MONITORING)
@@ -98,6 +105,7 @@ def backfill(tmp_path_factory: pytest.TempPathFactory):
                 d=TRAINING,
             ),
             "monitoring": monitoring,
+            "steps": [json.loads(line) for line in steps_file(env).read_text().splitlines()],
         }
 
 
@@ -164,3 +172,10 @@ def test_each_collected_night_started_a_monitoring_run_through_its_asset_event(b
     )
     assert sorted(row[1] for row in consumed) == sorted(backfill["states"])
     assert {row[2] for row in consumed} == {"collect"}
+
+
+def test_every_training_step_ran_in_the_step_worker(backfill) -> None:
+    done = {(s["run_id"], s["step"]) for s in backfill["steps"] if s["outcome"] == "result"}
+    for run_id in backfill["states"]:
+        steps = {step for rid, step in done if rid == run_id}
+        assert {"collect", "validate", "preprocess", "train", "evaluate", "register", "batch_predict"} <= steps, steps
