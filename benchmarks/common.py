@@ -188,3 +188,14 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+def run_child(module: str, *args: str) -> dict:
+    """Run ``python -m <module> child <args>`` in a fresh process; its last stdout line is a JSON result.
+
+    Each measurement gets its own interpreter, so one's imports and peak memory never colour another's.
+    """
+    done = subprocess.run([sys.executable, "-m", module, "child", *args], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} {args} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

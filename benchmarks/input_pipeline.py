@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, command_line, machine, markdown_table, mib, report, self_peak_rss
+from benchmarks.common import command_line, machine, markdown_table, mib, report, run_child, self_peak_rss
 from benchmarks.data import prepared
 
 
@@ -160,12 +159,7 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
 
 
 def _child(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.input_pipeline", "child", *args], cwd=REPO, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{args} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.input_pipeline", *args)
 
 
 def main(argv: list[str] | None = None) -> int:

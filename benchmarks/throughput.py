@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, command_line, machine, markdown_table, mib, report, self_peak_rss
+from benchmarks.common import command_line, machine, markdown_table, mib, report, run_child, self_peak_rss
 from benchmarks.data import bench_root, prepared
 
 
@@ -162,12 +161,7 @@ def child_drift(params_file: str, processed: str, n: int) -> dict:
 
 
 def _child(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.throughput", "child", *args], cwd=REPO, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{args} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.throughput", *args)
 
 
 def main(argv: list[str] | None = None) -> int:
