@@ -68,13 +68,9 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def env_example() -> dict[str, str]:
-    pairs = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            pairs[name.strip()] = value.strip()
-    return pairs
+    import topology
+
+    return topology.env_example()
 
 
 def _strings(node: Any) -> Iterator[str]:
