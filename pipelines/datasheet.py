@@ -43,12 +43,24 @@ def _readers(remote: str) -> str:
     return f"accounts with read access to the folder `{remote}` on the machine that holds it"
 
 
-def render(params: Params, raw_dir: Path, processed_dir: Path, remote: str, validation: dict[str, Any] | None) -> str:
-    """The datasheet of the data in ``raw_dir`` and ``processed_dir`` as Markdown."""
+def render(
+    params: Params, raw_dir: Path, processed_dir: Path | None, remote: str, validation: dict[str, Any] | None
+) -> str:
+    """The datasheet of the data in ``raw_dir`` and ``processed_dir`` as Markdown.
+
+    ``processed_dir`` is None for a version of the raw partitions only (a run that did not train).
+    """
     source, licence = _source(params)
     parts = sorted(p for p in raw_dir.glob(f"date=*/{PART_FILE}"))
     counts = [(p.parent.name.removeprefix("date="), pq.ParquetFile(p).metadata.num_rows) for p in parts]
-    manifest = json.loads((processed_dir / "manifest.json").read_text()) if (processed_dir / "manifest.json").is_file() else {}
+    manifest_path = processed_dir / "manifest.json" if processed_dir is not None else None
+    manifest = json.loads(manifest_path.read_text()) if manifest_path is not None and manifest_path.is_file() else {}
+    window = (
+        f"ends {manifest.get('window_end', '-')}, {params.preprocess.training_window_days} days; splits "
+        + ", ".join(f"{k} {v['rows']} rows" for k, v in manifest.get("splits", {}).items())
+        if processed_dir is not None
+        else "none: this version holds the raw partitions only (its run did not train, train.retrain: on_demand)"
+    )
     lines = [
         f"# Datasheet: {params.dataset.name}",
         "",
@@ -58,9 +70,7 @@ def render(params: Params, raw_dir: Path, processed_dir: Path, remote: str, vali
         f"({len(counts)} daily partitions, {sum(n for _, n in counts)} rows)",
         f"- **Label**: `{params.dataset.label.source_column} {params.dataset.label.operator} "
         f"{params.dataset.label.threshold:g}`; missing values count as {params.dataset.label.missing}",
-        f"- **Training window of this version**: ends {manifest.get('window_end', '-')}, "
-        f"{params.preprocess.training_window_days} days; splits "
-        + ", ".join(f"{k} {v['rows']} rows" for k, v in manifest.get("splits", {}).items()),
+        f"- **Training window of this version**: {window}",
         f"- **Validation**: {_validation_line(validation)}",
         "- **Retention**: raw partitions are never deleted by the pipeline; every version stays in the DVC "
         "remote and on the `datasets` branch until removed by hand (`dvc gc --all-branches --all-tags` keeps them).",

@@ -143,6 +143,33 @@ def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
 
 
 @in_step_worker
+def run_decide_training(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    """Whether this run trains, by ``train.retrain`` (see :mod:`pipelines.retraining`).
+
+    With ``on_demand`` the registry is asked for the champion. The decision is logged and
+    written to the run's folder (``training_decision.json``).
+    """
+    import json
+
+    from pipelines.retraining import DECISION_FILE, decide_training
+
+    policy = ctx.params.train.retrain
+    champion = None
+    if policy == "on_demand":
+        import mlflow
+
+        from pipelines.promote import CHAMPION, alias_version
+
+        client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
+        champion = alias_version(client, ctx.params.register_.model_name, CHAMPION)
+    decision = decide_training(policy, trigger_params, champion)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.run_dir / DECISION_FILE).write_text(json.dumps(decision.as_dict(), indent=1), encoding="utf-8")
+    log.info("%s: %s", "training" if decision.train else "not training", decision.reason)
+    return decision.as_dict()
+
+
+@in_step_worker
 def run_preprocess(ctx: RunContext) -> dict[str, Any]:
     from pipelines.collect import source_date
     from pipelines.preprocess import preprocess
@@ -183,7 +210,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 @in_step_worker
 def run_version_data(
-    ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None
+    ctx: RunContext, processed: dict[str, Any] | None, validated: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Record the raw partitions and this run's processed data as a DVC dataset version.
 
@@ -191,12 +218,17 @@ def run_version_data(
     pushed to the DVC remote and their pointers committed on the ``datasets``
     branch with the run's effective ``params.yaml``. Serialised by a lock, so
     overlapping runs never interleave DVC or git operations.
+
+    ``processed`` is None in a run that did not preprocess (``train.retrain: on_demand``):
+    the version then holds the raw partitions only, and ``data/processed`` keeps the
+    champion's training data (the reference the next validations learn from).
     """
     settings = ctx.settings
-    base = {"data_fingerprint": processed["data_fingerprint"]}
+    base = {"data_fingerprint": processed["data_fingerprint"] if processed else None, "raw_only": processed is None}
     if not settings.versioning:
-        # Still published: the next run's validation learns from its reference statistics.
-        _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
+        if processed is not None:
+            # Still published: the next run's validation learns from its reference statistics.
+            _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
         log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
         return {**base, "versioned": False}
     from pipelines import datasheet, versioning
@@ -220,15 +252,19 @@ def run_version_data(
         git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
         if git_remote:
             versioning.sync_branch(repo, git_remote)
-        _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
+        if processed is not None:
+            _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
+        else:
+            log.info("this run did not preprocess: the dataset version holds the raw partitions only")
+        processed_dir = settings.processed_dir if processed is not None else None
         version = versioning.record_dataset_version(
             repo,
-            [settings.raw_dir, settings.processed_dir],
-            message=f"Dataset for {end.isoformat()} ({note})",
+            [settings.raw_dir] if processed_dir is None else [settings.raw_dir, processed_dir],
+            message=f"Dataset for {end.isoformat()} ({note}{', raw data only' if processed_dir is None else ''})",
             contents={
                 "params.yaml": effective_params_yaml(ctx.params, end, note),
                 "DATASHEET.md": datasheet.render(
-                    ctx.params, settings.raw_dir, settings.processed_dir, versioning.default_remote_url(), validated
+                    ctx.params, settings.raw_dir, processed_dir, versioning.default_remote_url(), validated
                 ),
             },
         )

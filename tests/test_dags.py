@@ -47,7 +47,8 @@ def test_training_dag_shape(dagbag) -> None:
     assert upstream == {
         "collect": [],
         "validate": ["collect"],
-        "preprocess": ["validate"],
+        "should_train": ["validate"],
+        "preprocess": ["should_train", "validate"],
         "version_data": ["preprocess", "validate"],
         "train": ["preprocess", "validate", "version_data"],
         "evaluate": ["preprocess", "train"],
@@ -61,6 +62,16 @@ def test_training_dag_shape(dagbag) -> None:
         assert t.retries >= 1, t.task_id
         assert t.execution_timeout is not None, t.task_id
     assert dag.doc_md and "collect" in dag.doc_md
+
+
+def test_a_run_that_does_not_train_still_versions_and_scores(dagbag) -> None:
+    """should_train skips preprocess only; train, evaluate and register follow by their trigger rules."""
+    dag = dagbag.dags["flights_training"]
+    assert dag.get_task("should_train").ignore_downstream_trigger_rules is False
+    rules = {t.task_id: str(t.trigger_rule.value if hasattr(t.trigger_rule, "value") else t.trigger_rule) for t in dag.tasks}
+    assert rules["version_data"] == rules["batch_predict"] == "none_failed"
+    for task_id in ("preprocess", "train", "evaluate", "register"):
+        assert rules[task_id] == "all_success", task_id
 
 
 @pytest.mark.parametrize(
@@ -97,7 +108,7 @@ def test_trigger_params_map_onto_params_yaml(dagbag) -> None:
     from pipelines.run import PARAM_OVERRIDES
 
     form = set(dagbag.dags["flights_training"].params) - {
-        "data_date", "force_promotion", "promotion_reason", "trigger_reason", "trigger_report"
+        "data_date", "force_promotion", "promotion_reason", "trigger_reason", "trigger_report", "retrain"
     }
     assert form == set(PARAM_OVERRIDES)
     params = load_params(REPO / "params.yaml")
