@@ -268,6 +268,39 @@ class AirflowCluster:
                 out[task_id] = (end - start).total_seconds()
         return out
 
+    def run_times(self, dag_id: str, run_id: str) -> tuple[object, object]:
+        """The run's start and end (datetimes, None while not started or not over)."""
+        rows = self._query(
+            "SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id
+        )
+        if not rows:
+            return None, None
+        return tuple(None if v is None else _as_datetime(v) for v in rows[0])  # type: ignore[return-value]
+
+    def active_runs(self, dag_id: str) -> list[str]:
+        """Runs of ``dag_id`` queued or running now."""
+        rows = self._query(
+            "SELECT run_id FROM dag_run WHERE dag_id = :d AND state IN ('queued', 'running')", d=dag_id
+        )
+        return [r[0] for r in rows]
+
+    def pending_asset_triggers(self, dag_id: str) -> int:
+        """Asset events queued for ``dag_id`` that the scheduler has not turned into a run yet."""
+        return len(self._query("SELECT asset_id FROM asset_dag_run_queue WHERE target_dag_id = :d", d=dag_id))
+
+    def asset_triggered_by(self, dag_id: str) -> list[dict]:
+        """Which run's Asset event started each Asset-triggered run of ``dag_id``.
+
+        One row per consumed event: ``run_id``, ``state``, ``source_dag_id``, ``source_run_id``, ``source_task_id``.
+        """
+        rows = self._query(
+            "SELECT dr.run_id, dr.state, e.source_dag_id, e.source_run_id, e.source_task_id "
+            "FROM dagrun_asset_event x JOIN dag_run dr ON dr.id = x.dag_run_id "
+            "JOIN asset_event e ON e.id = x.event_id WHERE dr.dag_id = :d ORDER BY dr.id",
+            d=dag_id,
+        )
+        return [dict(r._mapping) for r in rows]
+
     def hold_schedule(self, dag_id: str) -> None:
         """No scheduled run of ``dag_id`` until the DAG processor parses it again.
 

@@ -818,7 +818,8 @@ def decide_step(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "decision.json"
-    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    # The checks' figures too (drift share, drifted columns, worsening), so the file tells the whole story.
+    path.write_text(json.dumps({**out, "checks": {k: dict(v) for k, v in checks.items()}}, indent=1), encoding="utf-8")
     run_id = monitoring_run(tracking, cfg.experiment)
     client = mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
     client.log_artifact(run_id, str(path), REPORT_ARTIFACT_DIR)
