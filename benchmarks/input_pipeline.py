@@ -52,14 +52,14 @@ def _setup(params_file: str, processed: str):
     from pipelines.config import load_params
     from pipelines.model import build_preprocessing, select_hardware
     from pipelines.preprocess import STATS_FILE, load_manifest
-    from pipelines.train import _bucket_boundaries
+    from pipelines.train import load_boundaries
 
     params = load_params(params_file)
     keras.utils.set_random_seed(params.train.seed)
     hardware = select_hardware(False)
     manifest = load_manifest(Path(processed))
     stats = json.loads((Path(processed) / STATS_FILE).read_text())
-    boundaries = _bucket_boundaries(params, Path(manifest["splits"]["train"]["parquet"]))
+    boundaries = load_boundaries(params, Path(processed), stats)
     preprocessing = build_preprocessing(params.dataset, stats, params.train, boundaries)
     return params, hardware, manifest, preprocessing
 
@@ -72,16 +72,21 @@ def child_input(params_file: str, processed: str, with_model_preprocessing: str)
     base = _rss()
     ds = make_dataset(
         manifest["splits"]["train"]["tfrecords"], params.dataset, cfg.batch_size,
-        compression=params.preprocess.compression, shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+        compression=params.preprocess.compression, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
+        rows_per_record=params.preprocess.rows_per_record, seed=cfg.seed,
         deterministic=cfg.deterministic, cache=False,
         preprocess=preprocessing if with_model_preprocessing == "yes" else None,
     )
-    t0 = time.perf_counter()
-    n = 0
-    for _, y in ds:
-        n += int(y.shape[0])
-    seconds = time.perf_counter() - t0
-    return {"examples": n, "seconds": seconds, "examples_per_s": n / seconds, "peak_rss": self_peak_rss(), "base_rss": base}
+    epochs = []
+    for _ in range(3):  # the first pass also instantiates the pipeline's functions
+        t0 = time.perf_counter()
+        n = 0
+        for _, y in ds:
+            n += int(y.shape[0])
+        epochs.append(time.perf_counter() - t0)
+    seconds = min(epochs[1:])
+    return {"examples": n, "seconds": seconds, "examples_per_s": n / seconds, "first_pass_s": epochs[0],
+            "peak_rss": self_peak_rss(), "base_rss": base}
 
 
 def child_train_step(params_file: str, processed: str, policy: str) -> dict:

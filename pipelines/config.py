@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -178,6 +178,9 @@ class PreprocessConfig(_Section):
     shards: Annotated[int, Field(ge=1, le=1024)] = 4
     rows_per_record: Annotated[int, Field(ge=1, le=65536)] = 1024
     compression: Literal["GZIP", "ZLIB", ""] = "GZIP"
+    # Quantiles of the numeric columns (the model's bucket boundaries) from a seeded
+    # sample of at most this many training rows: their cost stays flat as data grows.
+    quantile_sample_rows: Annotated[int, Field(ge=1000)] = 1_000_000
 
     @model_validator(mode="after")
     def _window_fits(self) -> PreprocessConfig:
@@ -228,7 +231,12 @@ class TrainConfig(_Section):
     early_stopping_patience: Annotated[int, Field(ge=1)] = 3
     shuffle_buffer: Annotated[int, Field(ge=1)] = 50_000
     deterministic: bool = True
-    cache: bool = True
+    # Where the input pipeline keeps the preprocessed splits after the first epoch:
+    # memory, files in the run's model folder (disk), nowhere (off), or memory when
+    # the estimate fits in cache_memory_mb and disk otherwise (auto): memory stays
+    # bounded whatever the size of the data.
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    cache_memory_mb: Annotated[int, Field(ge=0)] = 512
     mixed_precision: bool = True  # only ever applied on GPUs
     seed: int = 42
     # Where Airflow runs the train task: the Celery queue (a GPU worker listens on
@@ -241,6 +249,12 @@ class TrainConfig(_Section):
     # flights_monitoring, a manual run with retrain or force_promotion) or while the registry has
     # no champion; the other nights still publish their day and score the next with the champion.
     retrain: Literal["nightly", "on_demand"] = "nightly"
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_bool(cls, value: Any) -> Any:
+        # Params files of earlier dataset versions say true (in memory) or false.
+        return {True: "memory", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class BaselineConfig(_Section):

@@ -316,6 +316,25 @@ def bucket_boundaries(values: dict[str, Any], buckets: int) -> dict[str, list[fl
     return out
 
 
+def boundaries_from_quantiles(quantiles: dict[str, list[float]], buckets: int) -> dict[str, list[float]]:
+    """:func:`bucket_boundaries` from each column's quantiles on an even grid of levels (``stats.json``).
+
+    Levels that fall on the grid give exactly what :func:`bucket_boundaries` gives
+    on the values themselves; others are interpolated between grid points.
+    """
+    import numpy as np
+
+    out = {}
+    for col, q in quantiles.items():
+        if buckets < 2 or not q:
+            out[col] = []
+            continue
+        q = np.asarray(q, dtype=np.float64)
+        qs = np.interp(np.linspace(0, 1, buckets + 1)[1:-1], np.linspace(0, 1, q.size), q)
+        out[col] = [float(v) for v in np.unique(qs) if v > q[0]]
+    return out
+
+
 def build_preprocessing(
     spec: DatasetConfig,
     stats: dict[str, Any],

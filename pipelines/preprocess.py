@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "holdout")
 STATS_FILE = "stats.json"
+# Each numeric column's distribution in the training split, as quantiles at these
+# levels (0, 1/256, ..., 1): the model's bucket boundaries come from them
+# (pipelines.model.boundaries_from_quantiles), so training never reads the split
+# whole again. Any bucket count dividing 256 lands on grid points exactly.
+QUANTILE_LEVELS = 257
+QUANTILE_SEED = 0
 MANIFEST_FILE = "manifest.json"
 REFERENCE_FILE = "reference.json"
 
@@ -76,16 +82,29 @@ def split_by_time(frame: pd.DataFrame, spec: DatasetConfig, cfg: PreprocessConfi
     }
 
 
-def compute_stats(train: pd.DataFrame, spec: DatasetConfig) -> dict[str, Any]:
-    """Imputation and scaling statistics and vocabularies, from the training split only."""
+def compute_stats(train: pd.DataFrame, spec: DatasetConfig, quantile_sample_rows: int = 1_000_000) -> dict[str, Any]:
+    """Imputation and scaling statistics, quantiles and vocabularies, from the training split only.
+
+    Quantiles come from a seeded sample of at most ``quantile_sample_rows``
+    rows (all of them when the split is smaller): their error is far below a
+    bucket's width, and their cost stays flat as the data grows.
+    """
     inputs = to_model_inputs(train, spec.features)
-    numeric = {}
+    sample = None
+    if len(train) > quantile_sample_rows:
+        rng = np.random.default_rng(QUANTILE_SEED)
+        sample = np.sort(rng.choice(len(train), size=quantile_sample_rows, replace=False))
+    levels = np.linspace(0.0, 1.0, QUANTILE_LEVELS)
+    numeric, quantiles = {}, {}
     for col in spec.features.numeric:
         x = inputs[col].astype(np.float64)
         finite = x[np.isfinite(x)]
         mean = float(finite.mean()) if finite.size else 0.0
         std = float(finite.std()) if finite.size else 1.0
         numeric[col] = {"mean": mean, "std": std if std > 0 else 1.0, "null_fraction": float(1 - finite.size / max(len(x), 1))}
+        xs = x if sample is None else x[sample]
+        xs = xs[np.isfinite(xs)]
+        quantiles[col] = [float(q) for q in np.quantile(xs, levels)] if xs.size else []
     vocab = {}
     for col in spec.features.categorical:
         values, counts = np.unique(inputs[col], return_counts=True)
@@ -93,6 +112,8 @@ def compute_stats(train: pd.DataFrame, spec: DatasetConfig) -> dict[str, Any]:
         vocab[col] = [str(v) for v in values[order]]
     return {
         "numeric": numeric,
+        "quantiles": quantiles,
+        "quantile_sample_rows": len(train) if sample is None else len(sample),
         "vocabulary": vocab,
         "label_rate": float(train[LABEL].mean()),
         "rows": len(train),
@@ -167,7 +188,7 @@ def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -
     frame, paths = load_window(spec, raw_dir, end_day, cfg.training_window_days)
     frame = apply_label_rule(frame, spec.label)
     splits = split_by_time(frame, spec, cfg)
-    stats = compute_stats(splits["train"], spec)
+    stats = compute_stats(splits["train"], spec, cfg.quantile_sample_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     keep = [*dict.fromkeys([*spec.key_columns, spec.time_column, *spec.features.all, LABEL])]
     manifest: dict[str, Any] = {

@@ -1,15 +1,20 @@
 """The tf.data input pipeline: stream sharded TFRecord blocks into training batches.
 
-interleave (parallel reads over shards) -> parse whole blocks (records of
-``rows_per_record`` rows) in parallel -> optional ``preprocess`` per block ->
-optional cache -> shuffle -> cut into batches -> prefetch.
+interleave (parallel reads over shards) -> shuffle records -> parse groups of
+``records_per_block`` records at once (records of ``rows_per_record`` rows) in
+parallel -> optional ``preprocess`` per block -> optional cache -> permute the
+rows of each block, shuffle the blocks -> cut into batches -> prefetch.
 
-No stage works row by row, which is what kept a CPU epoch slow: shuffling
-moves whole blocks (their order) and then permutes rows within windows of
-``shuffle_buffer`` rows with one gather per tensor, and ``rebatch`` cuts
-batches out of blocks without unbatching them. Memory is bounded by the
-buffers and the prefetch depth, not by the size of the data, unless
-``cache`` is on (then the parsed data is held in memory once).
+No stage works row by row, which is what kept a CPU epoch slow, and no stage
+gathers rows into one large window: that copy, done by a single thread, was
+the slowest stage. Shuffling instead moves whole records (serialised strings)
+before parsing, so that a block holds records from across the shuffle buffer,
+and permutes each block's rows in the same parallel stage that parses it; a
+batch is then a random sample of a block's rows. ``rebatch`` cuts batches out
+of blocks without unbatching them. Memory is bounded by the buffers and the
+prefetch depth, not by the size of the data, unless ``cache`` holds the
+parsed data in memory (``pipelines.train`` does so only below a size, and
+caches in files beyond it).
 
 With ``preprocess`` (the model's preprocessing part,
 :func:`pipelines.model.build_preprocessing`) each block goes through it
@@ -26,18 +31,32 @@ from typing import Any
 from pipelines.config import DatasetConfig
 from pipelines.features import LABEL
 
-SHUFFLE_BLOCKS = 64  # blocks held to shuffle their order
+RECORDS_PER_BLOCK = 16  # records parsed, preprocessed (and cached) together
+SHUFFLE_BLOCKS = 4  # parsed blocks held to shuffle their order
 
 
 def feature_description(spec: DatasetConfig) -> dict:
+    """How to parse a record: each column a list of values, one per row of the record."""
     import tensorflow as tf
 
-    desc = {LABEL: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)}
+    desc = {LABEL: tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32)}
     for col in spec.features.numeric:
-        desc[col] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
+        desc[col] = tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int32)
     for col in spec.features.categorical:
-        desc[col] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
+        desc[col] = tf.io.RaggedFeature(tf.string, row_splits_dtype=tf.int32)
     return desc
+
+
+def _parser(spec: DatasetConfig):
+    """A vector of serialised records -> one block: each column's rows of all records, in order."""
+    import tensorflow as tf
+
+    desc = feature_description(spec)
+
+    def parse(records):
+        return {col: values.flat_values for col, values in tf.io.parse_example(records, desc).items()}
+
+    return parse
 
 
 def _splitter(preprocess: Callable[[dict[str, Any]], Any] | None):
@@ -67,9 +86,11 @@ def make_dataset(
     compression: str = "GZIP",
     shuffle: bool = False,
     shuffle_buffer: int = 50_000,
+    rows_per_record: int = 1024,
+    records_per_block: int = RECORDS_PER_BLOCK,
     seed: int = 42,
     deterministic: bool = True,
-    cache: bool = False,
+    cache: bool | str = False,
     repeat: bool = False,
     preprocess: Callable[[dict[str, Any]], Any] | None = None,
 ):
@@ -80,11 +101,17 @@ def make_dataset(
         spec: the data set spec (which columns are numeric, categorical).
         batch_size: examples per batch (the global batch under a distribution strategy).
         compression: the shards' compression ("GZIP", "ZLIB" or "").
-        shuffle: shuffle shard and block order, and rows within windows of
-            ``shuffle_buffer`` rows, anew each epoch (training); off for evaluation.
+        shuffle: shuffle shard and record order, block order, and the rows of each
+            block, anew each epoch (training); off for evaluation.
+        shuffle_buffer: rows (whole records) held to shuffle the records.
+        rows_per_record: rows in a record (``preprocess.rows_per_record``), to size the buffer.
+        records_per_block: records parsed and preprocessed together; a batch is drawn
+            from one block's rows.
         seed: the seed of every shuffle.
         deterministic: keep a fixed element order in parallel stages (reproducible runs).
-        cache: keep parsed (and preprocessed) blocks in memory after the first epoch.
+        cache: keep parsed (and preprocessed) blocks after the first epoch: in memory
+            (True), or in files with this path prefix (a str; the first epoch must run to
+            its end before a second one reads them).
         repeat: repeat the data indefinitely.
         preprocess: a row-wise map from a block's raw features to model tensors
             (a dict of ``(rows, ...)`` tensors); the batches then hold its outputs.
@@ -94,8 +121,7 @@ def make_dataset(
     if not files:
         raise ValueError("make_dataset needs at least one TFRecord file")
     autotune = tf.data.AUTOTUNE
-    desc = feature_description(spec)
-    split = _splitter(preprocess)
+    parse, split = _parser(spec), _splitter(preprocess)
     ds = tf.data.Dataset.from_tensor_slices(sorted(files))
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -105,20 +131,18 @@ def make_dataset(
         num_parallel_calls=autotune,
         deterministic=deterministic,
     )
-    ds = ds.map(
-        lambda rec: split(tf.io.parse_single_example(rec, desc)),
-        num_parallel_calls=autotune,
-        deterministic=deterministic,
+    if shuffle:
+        records = max(2 * records_per_block, -(-shuffle_buffer // rows_per_record))
+        ds = ds.shuffle(records, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(records_per_block).map(
+        lambda records: split(parse(records)), num_parallel_calls=autotune, deterministic=deterministic
     )
     if cache:
-        ds = ds.cache()
+        ds = ds.cache("" if cache is True else cache)
     if shuffle:
-        ds = ds.shuffle(SHUFFLE_BLOCKS, seed=seed, reshuffle_each_iteration=True)
-        windows = ds.rebatch(shuffle_buffer)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(seeds, windows).map(
-            _permute_rows, num_parallel_calls=autotune, deterministic=deterministic
-        )
+        ds = tf.data.Dataset.zip(seeds, ds).map(_permute_rows, num_parallel_calls=autotune, deterministic=deterministic)
+        ds = ds.shuffle(SHUFFLE_BLOCKS, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.rebatch(batch_size)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -74,18 +76,46 @@ def _flat_params(params: Params) -> dict[str, str]:
     return out
 
 
-def _bucket_boundaries(params: Params, train_parquet: Path) -> dict[str, list[float]]:
-    """Quantile bucket boundaries of the numeric features, from the training split only."""
+def load_boundaries(params: Params, processed_dir: Path, stats: dict[str, Any]) -> dict[str, list[float]] | None:
+    """Quantile bucket boundaries of the numeric features, from the training split only.
+
+    From the quantiles preprocessing stored in ``stats.json``; processed data of
+    earlier versions has none, and is read from its training split instead.
+    """
+    from pipelines.model import boundaries_from_quantiles, bucket_boundaries
+
+    buckets = params.train.numeric_buckets
+    if not buckets:
+        return None
+    if "quantiles" in stats:
+        return boundaries_from_quantiles(stats["quantiles"], buckets)
     import pandas as pd
 
     from pipelines.config import FeatureSpec
     from pipelines.features import to_model_inputs
-    from pipelines.model import bucket_boundaries
 
     numeric = params.dataset.features.numeric
-    frame = pd.read_parquet(train_parquet, columns=list(numeric))
+    frame = pd.read_parquet(load_manifest(processed_dir)["splits"]["train"]["parquet"], columns=list(numeric))
     values = to_model_inputs(frame, FeatureSpec(numeric=numeric, categorical=()))  # as the model will see them
-    return bucket_boundaries(values, params.train.numeric_buckets)
+    return bucket_boundaries(values, buckets)
+
+
+def cache_plan(mode: str, rows: int, bytes_per_row: int, memory_mb: int) -> str:
+    """Where the input pipeline caches a split of ``rows`` rows: ``memory``, ``disk`` or ``off``.
+
+    ``auto`` keeps it in memory while the estimate fits in ``memory_mb``, on disk beyond.
+    """
+    if mode != "auto":
+        return mode
+    return "memory" if rows * bytes_per_row <= memory_mb * 2**20 else "disk"
+
+
+def _cached_bytes_per_row(preprocessing: Any) -> int:
+    """Bytes of one preprocessed row in the cache: the model's input tensors, and the label."""
+    from pipelines.model import IDS, NUMERIC
+
+    width = {k: int(v.shape[-1]) for k, v in preprocessing.output.items()}
+    return 4 * width[NUMERIC] + 8 * width[IDS] + 8
 
 
 def _batch_size(rows: int, global_batch: int, replicas: int) -> int:
@@ -104,6 +134,7 @@ def fit_model(
     processed_dir: Path,
     hardware: Any,
     callbacks: list[Any] | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[Any, dict[str, list[float]], float]:
     """Fit the core model on the preprocessed training split and compose the full model.
 
@@ -113,6 +144,8 @@ def fit_model(
         hardware: from :func:`pipelines.model.select_hardware`; the global
             batch is ``train.batch_size`` per replica times the replicas.
         callbacks: Keras callbacks besides early stopping (checkpoints, logging).
+        cache_dir: where a disk cache (``train.cache``) goes, in a folder of its own
+            removed when fitting ends; None: the system's temporary folder.
 
     Returns:
         The full model (raw features in, probability out), the fit history and
@@ -131,42 +164,47 @@ def fit_model(
     log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
 
     splits = manifest["splits"]
-    boundaries = _bucket_boundaries(params, Path(splits["train"]["parquet"])) if cfg.numeric_buckets else None
+    boundaries = load_boundaries(params, processed_dir, stats)
     preprocessing = build_preprocessing(params.dataset, stats, cfg, boundaries)  # outside the strategy: no variables
-    common = {
-        "compression": params.preprocess.compression,
-        "deterministic": cfg.deterministic,
-        "cache": cfg.cache,
-        "preprocess": preprocessing,
-    }
-    train_ds = make_dataset(
-        splits["train"]["tfrecords"],
-        params.dataset,
-        _batch_size(splits["train"]["rows"], global_batch, replicas),
-        shuffle=True,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed,
-        **common,
-    )
-    val_ds = make_dataset(
-        splits["validation"]["tfrecords"],
-        params.dataset,
-        _batch_size(splits["validation"]["rows"], global_batch, replicas),
-        **common,
-    )
+    row_bytes = _cached_bytes_per_row(preprocessing)
+    if cache_dir is not None:  # what a killed attempt left: tf.data refuses a cache it did not finish
+        for stale in Path(cache_dir).glob("tfdata-cache-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    cache_files = Path(tempfile.mkdtemp(prefix="tfdata-cache-", dir=cache_dir))
+
+    def dataset(split: str, **kwargs: Any):
+        plan = cache_plan(cfg.cache, splits[split]["rows"], row_bytes, cfg.cache_memory_mb)
+        log.info("%s split: %d rows, cache %s (train.cache: %s)", split, splits[split]["rows"], plan, cfg.cache)
+        return make_dataset(
+            splits[split]["tfrecords"],
+            params.dataset,
+            _batch_size(splits[split]["rows"], global_batch, replicas),
+            compression=params.preprocess.compression,
+            rows_per_record=params.preprocess.rows_per_record,
+            deterministic=cfg.deterministic,
+            cache={"memory": True, "off": False, "disk": str(cache_files / split)}[plan],
+            preprocess=preprocessing,
+            **kwargs,
+        )
+
+    train_ds = dataset("train", shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    val_ds = dataset("validation")
     with hardware.strategy.scope():
         core = build_core_model(preprocessing, cfg, steps_per_epoch=-(-splits["train"]["rows"] // global_batch))
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
     )
     started = time.perf_counter()
-    history = core.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
-        verbose=0,
-    )
+    try:
+        history = core.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
+            verbose=0,
+        )
+    finally:
+        shutil.rmtree(cache_files, ignore_errors=True)
     seconds = time.perf_counter() - started
     return compose_model(preprocessing, core), history.history, seconds
 
@@ -208,7 +246,7 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
 
     model_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [keras.callbacks.BackupAndRestore(str(model_dir / "backup")), _mlflow_epoch_callback(client, run_id)]
-    model, history, seconds = fit_model(params, processed_dir, hardware, callbacks)
+    model, history, seconds = fit_model(params, processed_dir, hardware, callbacks, cache_dir=model_dir)
     model_path = model_dir / MODEL_FILE
     model.save(model_path)
     val_auc = history.get("val_auc", [float("nan")])

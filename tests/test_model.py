@@ -130,6 +130,46 @@ def test_training_beats_chance_on_validation(trained: Trained) -> None:
     assert roc_auc_score(val[LABEL], proba) > 0.55
 
 
+def test_cache_plan_keeps_small_splits_in_memory_and_large_ones_on_disk() -> None:
+    from pipelines.train import cache_plan
+
+    assert cache_plan("auto", rows=100_000, bytes_per_row=400, memory_mb=512) == "memory"
+    assert cache_plan("auto", rows=3_000_000, bytes_per_row=400, memory_mb=512) == "disk"
+    assert cache_plan("auto", rows=1, bytes_per_row=400, memory_mb=0) == "disk"
+    for mode in ("memory", "disk", "off"):
+        assert cache_plan(mode, rows=10**9, bytes_per_row=400, memory_mb=512) == mode
+
+
+def test_disk_cache_trains_as_the_memory_cache_and_is_removed(
+    trained: Trained, processed: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``train.cache: disk`` feeds the same batches from files in the model folder, then deletes them."""
+    import keras
+
+    from pipelines.model import select_hardware
+    from pipelines.train import fit_model
+
+    seen: list[list[str]] = []
+
+    class CacheFiles(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            seen.append(sorted(p.name for p in tmp_path.glob("tfdata-cache-*/*")))
+
+    (tmp_path / "tfdata-cache-stale").mkdir()  # a killed attempt's unfinished cache
+    (tmp_path / "tfdata-cache-stale" / "train.lockfile").write_text("")
+    params = trained.params.with_overrides({"train.cache": "disk"})
+    keras.utils.set_random_seed(params.train.seed)
+    _, history, _ = fit_model(
+        params, processed[0], select_hardware(mixed_precision=False), [CacheFiles()], cache_dir=tmp_path
+    )
+    assert len(seen) == 2 and all(any(n.startswith("train") for n in names) for names in seen), seen
+    assert any(n.startswith("validation") for n in seen[0])
+    assert "train.lockfile" not in seen[-1]
+    assert list(tmp_path.iterdir()) == []  # the cache and the stale one are gone
+    np.testing.assert_allclose(history["loss"], trained.history["loss"], rtol=1e-3)
+    np.testing.assert_allclose(history["val_auc"], trained.history["val_auc"], rtol=1e-3)
+
+
 def test_model_takes_raw_features_only(trained: Trained) -> None:
     spec = trained.params.dataset
     names = {t.name for t in trained.model.inputs}

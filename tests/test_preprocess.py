@@ -162,6 +162,40 @@ def test_stats_describe_the_train_split(processed: Processed) -> None:
     assert set(processed.stats["vocabulary"]["carrier"]) == set(counts.index)
 
 
+def _numeric_inputs(processed: Processed) -> dict[str, np.ndarray]:
+    from pipelines.config import FeatureSpec
+    from pipelines.features import to_model_inputs
+
+    numeric = processed.params.dataset.features.numeric
+    return to_model_inputs(processed.split("train"), FeatureSpec(numeric=numeric, categorical=()))
+
+
+@pytest.mark.parametrize("buckets", [8, 16])
+def test_stored_quantiles_give_the_bucket_boundaries_of_the_train_split(processed: Processed, buckets: int) -> None:
+    """Training takes its bucket boundaries from stats.json instead of reading the split again."""
+    from pipelines.model import boundaries_from_quantiles, bucket_boundaries
+
+    assert processed.stats["quantile_sample_rows"] == processed.stats["rows"]  # small split: every row
+    exact = bucket_boundaries(_numeric_inputs(processed), buckets)
+    assert boundaries_from_quantiles(processed.stats["quantiles"], buckets) == exact
+    assert len(exact["distance"]) >= buckets // 2  # real boundaries, not an empty list on both sides
+
+
+def test_quantiles_come_from_a_sample_of_a_large_train_split(processed: Processed, tmp_path: Path) -> None:
+    params = processed.params.with_overrides({"preprocess.quantile_sample_rows": 2000})
+    preprocess(params, processed.raw, END, tmp_path / "out")
+    stats = json.loads((tmp_path / "out" / STATS_FILE).read_text(encoding="utf-8"))
+    assert stats["rows"] == processed.stats["rows"] > 2000
+    assert stats["quantile_sample_rows"] == 2000
+    assert stats["numeric"] == processed.stats["numeric"]  # means and scales still from every row
+    values = _numeric_inputs(processed)
+    for col in ("distance", "temp", "sched_arr_time"):
+        x = values[col][np.isfinite(values[col])]
+        for level in (0.1, 0.25, 0.5, 0.75, 0.9):
+            got = np.interp(level, np.linspace(0, 1, len(stats["quantiles"][col])), stats["quantiles"][col])
+            assert np.quantile(x, level - 0.05) <= got <= np.quantile(x, level + 0.05), (col, level)
+
+
 def _rewrite(raw: Path, days: list[dt.date], change: Any) -> None:
     for d in days:
         path = partition_path(raw, d)
@@ -253,6 +287,7 @@ def _dataset(processed: Processed, split: str, **kwargs: Any) -> Any:
         processed.params.dataset,
         batch_size=256,
         compression=processed.params.preprocess.compression,
+        rows_per_record=ROWS_PER_RECORD,
         **kwargs,
     )
 
@@ -302,6 +337,16 @@ def test_deterministic_shuffle_gives_the_same_order_twice(processed: Processed) 
     np.testing.assert_array_equal(first[LABEL], second[LABEL])
     in_order = processed.split("train")["distance"].to_numpy(np.float32)
     assert not np.array_equal(first["distance"], in_order)  # it did shuffle
+
+
+def test_a_shuffled_batch_mixes_records_from_across_the_buffer(processed: Processed) -> None:
+    """Records are shuffled before they are parsed together: a batch spans several days, not one record's."""
+    def days_in_first_batch(**kwargs: Any) -> int:
+        features, _ = next(iter(_dataset(processed, "train", **kwargs)))
+        return len(set(zip(features["month"].numpy(), features["day"].numpy(), strict=True)))
+
+    assert days_in_first_batch() == 1  # in order: 256 rows of the first day
+    assert days_in_first_batch(shuffle=True, shuffle_buffer=5000, seed=3) >= 4
 
 
 def test_batches_have_the_requested_size(processed: Processed) -> None:
