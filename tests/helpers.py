@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 def set_env(values: Mapping[str, str]) -> Callable[[], None]:
@@ -32,3 +33,20 @@ def deep_update(base: dict, extra: Mapping) -> dict:
         else:
             base[key] = value
     return base
+
+
+def isolated_git_dvc_env(home: Path) -> dict[str, str]:
+    """HOME, git and DVC config and cache folders under ``home``, and a fixed git identity."""
+    return {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
+        "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
+        "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "Test Developer",
+        "GIT_AUTHOR_EMAIL": "dev@example.com",
+        "GIT_COMMITTER_NAME": "Test Developer",
+        "GIT_COMMITTER_EMAIL": "dev@example.com",
+    }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import isolated_git_dvc_env
 
 from pipelines.config import ConfigError, load_params
 from pipelines.retraining import TRAINING_STEPS, decide_training
@@ -82,20 +83,7 @@ def test_version_data_of_a_run_that_did_not_preprocess_records_the_raw_data_only
     from pipelines.settings import resolve
 
     home = tmp_path / "home"
-    for key, value in {
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
-        "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
-        "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "Test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "Test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-        "MLOPS_STEP_WORKER": "off",
-    }.items():
+    for key, value in {**isolated_git_dvc_env(home), "MLOPS_STEP_WORKER": "off"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLOPS_DATASETS_GIT_REMOTE", raising=False)
     repo = tmp_path / "repo"

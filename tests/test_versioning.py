@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import isolated_git_dvc_env
 
 from pipelines.versioning import (
     DatasetVersion,
@@ -45,19 +46,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """HOME, git and DVC config and cache folders in tmp; a fixed git identity."""
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
-            "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
-            "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
-            "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_AUTHOR_NAME": "Test Developer",
-            "GIT_AUTHOR_EMAIL": "dev@example.com",
-            "GIT_COMMITTER_NAME": "Test Developer",
-            "GIT_COMMITTER_EMAIL": "dev@example.com",
-        }.items():
+        for key, value in isolated_git_dvc_env(home).items():
             mp.setenv(key, value)
         for key in ("MLOPS_DVC_REMOTE_URL", "MLOPS_DVC_REMOTE_ENDPOINT", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
             mp.delenv(key, raising=False)
