@@ -130,6 +130,7 @@ def test_trigger_from_the_form_then_follow_the_mlflow_link(stack, browser) -> No
     api.set_paused(DAG_ID, False)  # the schedule itself creates no runs here (use_job_schedule off)
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(90_000)  # the UI answers slowly while the scheduler runs tasks on 2 busy cores
     # Sign in.
     page.goto(base + "/")
     page.wait_for_url(re.compile(r".*/auth/login.*"))
