@@ -161,6 +161,9 @@ class ValidateConfig(_Section):
         ],
         Literal["stop", "warn"],
     ] = {}
+    # The batch is validated in groups of whole days of at most this many rows (a day larger
+    # than this is a group of its own), so memory stays flat however many days a batch holds.
+    chunk_rows: Annotated[int, Field(ge=1000)] = 500_000
 
 
 class SplitConfig(_Section):
@@ -181,6 +184,9 @@ class PreprocessConfig(_Section):
     # Quantiles of the numeric columns (the model's bucket boundaries) from a seeded
     # sample of at most this many training rows: their cost stays flat as data grows.
     quantile_sample_rows: Annotated[int, Field(ge=1000)] = 1_000_000
+    # The window is read, labelled, split and written in parts of whole days of at most this
+    # many rows: memory stays flat however long the window or large the days.
+    chunk_rows: Annotated[int, Field(ge=1000)] = 500_000
 
     @model_validator(mode="after")
     def _window_fits(self) -> PreprocessConfig:
@@ -261,6 +267,9 @@ class BaselineConfig(_Section):
     max_iter: Annotated[int, Field(ge=1)] = 200
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     max_leaf_nodes: Annotated[int, Field(ge=2)] = 31
+    # Fitted on a seeded sample of at most this many training rows (all of them when fewer):
+    # its memory stays flat as the data grows.
+    max_rows: Annotated[int, Field(ge=1000)] = 500_000
 
 
 class HourBuckets(_Section):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipelines.config import DatasetConfig, EvaluateConfig, Params
 from pipelines.features import LABEL
-from pipelines.preprocess import load_manifest
+from pipelines.preprocess import load_manifest, read_sample
 from pipelines.tracking import Tracking, get_or_create_run, use_tracking
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,9 @@ def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Pat
         raise RuntimeError(f"holdout shards hold {len(proba)} rows, the holdout split {len(holdout)}")
     curves = {"challenger": proba}
 
-    train = pd.read_parquet(splits["train"]["parquet"])
+    train = read_sample(splits["train"]["parquet"], cfg.baseline.max_rows, params.train.seed)
     baseline, categories = fit_baseline(train, params)
+    del train
     curves["baseline"] = baseline.predict_proba(_baseline_frame(holdout, spec, categories))[:, 1]
     champion_version, champion_proba = _score_champion(params, holdout, tracking.tracking_uri)
     if champion_proba is not None:

@@ -64,6 +64,9 @@ def reference_sample(train: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 def write_reference(params: Params, train_parquet: Path, model_path: Path, out_dir: Path) -> Path:
     """Write the monitoring reference of a model: a sample of its training split and its probabilities.
 
+    The sample is read row group by row group (:func:`pipelines.preprocess.read_sample`):
+    the split is never held whole.
+
     The probabilities come from the saved Keras model through the same input
     path as serving (:func:`pipelines.features.to_model_inputs`), so they
     compare with what ``batch_predict`` writes.
@@ -73,9 +76,10 @@ def write_reference(params: Params, train_parquet: Path, model_path: Path, out_d
     """
     from pipelines.features import to_model_inputs
     from pipelines.model import load_model, predict_proba
+    from pipelines.preprocess import read_sample
 
     cfg = params.monitor
-    sample = reference_sample(pd.read_parquet(train_parquet), cfg.reference_rows, cfg.seed)
+    sample = read_sample(train_parquet, cfg.reference_rows, cfg.seed)
     model = load_model(str(model_path))
     sample[PROBABILITY] = predict_proba(
         model, to_model_inputs(sample, params.dataset.features), params.predict.batch_rows

@@ -144,6 +144,52 @@ def test_preprocess_is_deterministic(processed: Processed, tmp_path: Path) -> No
         assert again["splits"][name]["fingerprint"] == info["fingerprint"]
 
 
+def test_preprocess_in_parts_of_days_gives_the_same_outputs(processed: Processed, tmp_path: Path) -> None:
+    """A window read a few days at a time (as at scale) gives the rows, stats and shards of one read."""
+    params = processed.params.with_overrides({"preprocess.chunk_rows": 2000})  # about two June days a part
+    out = tmp_path / "parts"
+    manifest = preprocess(params, processed.raw, END, out)
+    for name, info in processed.manifest["splits"].items():
+        part_info = manifest["splits"][name]
+        assert part_info["fingerprint"] == info["fingerprint"], name
+        for key in ("rows", "label_rate", "first_day", "last_day"):
+            assert part_info[key] == info[key], (name, key)
+        pd.testing.assert_frame_equal(pd.read_parquet(part_info["parquet"]), processed.split(name))
+        # Records carry across parts: the same records in the same shards, byte for byte.
+        for a, b in zip(part_info["tfrecords"], info["tfrecords"], strict=True):
+            assert Path(a).read_bytes() == Path(b).read_bytes(), (name, a)
+    stats = json.loads((out / STATS_FILE).read_text(encoding="utf-8"))
+    assert stats["vocabulary"] == processed.stats["vocabulary"]
+    assert stats["quantiles"] == processed.stats["quantiles"]
+    assert stats["rows"] == processed.stats["rows"]
+    for col, moments in processed.stats["numeric"].items():
+        for key, value in moments.items():
+            assert stats["numeric"][col][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (col, key)
+    assert json.loads((out / "reference.json").read_text()) == json.loads((processed.out / "reference.json").read_text())
+
+
+def test_read_sample_is_seeded_uniform_and_in_file_order(processed: Processed, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.preprocess import read_sample
+
+    train = processed.split("train").reset_index(names="row")
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), path, row_group_size=1000)
+    sample = read_sample(path, 3000, seed=7)
+    assert len(sample) == 3000
+    assert sample["row"].is_monotonic_increasing and sample["row"].is_unique  # file order, no repeats
+    assert sample["row"].max() > 0.9 * len(train) and sample["row"].min() < 0.1 * len(train)  # from every group
+    pd.testing.assert_frame_equal(sample, read_sample(path, 3000, seed=7))
+    assert not sample["row"].equals(read_sample(path, 3000, seed=8)["row"])
+    pd.testing.assert_frame_equal(  # the rows themselves, unchanged
+        sample.reset_index(drop=True), train.iloc[sample["row"].to_numpy()].reset_index(drop=True)
+    )
+    whole = read_sample(path, len(train) + 1, seed=7, columns=["row", "carrier"])
+    assert list(whole.columns) == ["row", "carrier"] and len(whole) == len(train)
+
+
 # --------------------------------------------------------------------------- statistics
 
 
