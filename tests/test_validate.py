@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.collect import collect, partition_path, write_partition
 from pipelines.config import Params, load_params
-from pipelines.validate import ValidationFailed, publish, validate_batch, validate_frame
+from pipelines.validate import ValidationFailed, _day_groups, publish, validate_batch, validate_frame
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 DAY = dt.date(2013, 7, 4)
@@ -255,3 +257,175 @@ def test_day_collected_from_csv_passes_the_schema(day: Day, tmp_path: Path) -> N
     staged = pd.read_parquet(partition_path(tmp_path / "staging", DAY))
     report = validate_frame(staged, params.dataset, params.validate_, tmp_path / "report", schema_only=True)
     assert report.success, report.summary()
+
+
+# --------------------------------------------------------------------------- a long batch, in groups of days
+
+WINDOW = [dt.date(2013, 7, 2), dt.date(2013, 7, 3), DAY]  # 945, 983 and 737 flights
+ONE_PASS = 10_000_000  # validate.chunk_rows that holds the whole window in one group
+
+
+@dataclass(frozen=True)
+class Window:
+    params: Params
+    frames: dict[dt.date, pd.DataFrame]  # the good partition of each day of WINDOW
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory: pytest.TempPathFactory) -> Window:
+    params = load_params(PARAMS_FILE)
+    staging = tmp_path_factory.mktemp("collected-window")
+    collect(params.dataset, dt.date(2026, 7, 4), staging, tmp_path_factory.mktemp("unused-raw"), len(WINDOW))
+    return Window(params, {d: pd.read_parquet(partition_path(staging, d)) for d in WINDOW})
+
+
+def _gate_days(
+    params: Params, frames: dict[dt.date, pd.DataFrame], root: Path, chunk_rows: int
+) -> tuple[RunDirs, dict | ValidationFailed]:
+    """Stage the days under ``root`` and gate them: the result, or the failure."""
+    dirs = RunDirs(root / "staging", root / "raw", root / "report", root / "quarantine")
+    for d, frame in frames.items():
+        write_partition(frame, partition_path(dirs.staging, d), params.dataset.key_columns)
+    params = params.with_overrides({"validate.chunk_rows": chunk_rows})
+    days = [d.isoformat() for d in frames]
+    try:
+        return dirs, validate_batch(params, dirs.staging, days, dirs.raw, dirs.report, dirs.quarantine)
+    except ValidationFailed as err:
+        return dirs, err
+
+
+def test_days_are_grouped_within_chunk_rows(window: Window, tmp_path: Path) -> None:
+    paths = [write_partition(f, partition_path(tmp_path, d), ()) for d, f in window.frames.items()]
+    sizes = [[len(g.days) for g in _day_groups(WINDOW, paths, rows)] for rows in (ONE_PASS, 1928, 1927, 1719)]
+    assert sizes == [[3], [2, 1], [1, 2], [1, 1, 1]]
+    # A day larger than chunk_rows is a group of its own, never split.
+    assert [g.rows for g in _day_groups(WINDOW, paths, 100)] == [945, 983, 737]
+
+
+def test_batch_in_groups_passes_and_is_published_like_one_group(window: Window, tmp_path: Path) -> None:
+    one_dirs, one = _gate_days(window.params, window.frames, tmp_path / "one", ONE_PASS)
+    dirs, result = _gate_days(window.params, window.frames, tmp_path / "groups", 1000)
+    assert isinstance(one, dict) and isinstance(result, dict), (one, result)
+    assert result["success"] is True and result["failures"] == [] and result["warnings"] == one["warnings"]
+    assert (result["rows"], result["evaluated"], result["published"]) == (2665, one["evaluated"], 3)
+    for d in WINDOW:
+        assert partition_path(dirs.raw, d).read_bytes() == partition_path(dirs.staging, d).read_bytes()
+        beside = json.loads((partition_path(dirs.raw, d).parent / "validation.json").read_text(encoding="utf-8"))
+        assert beside["report"] == result["result_json"]
+    assert not dirs.quarantine.exists()
+    # One group keeps the layout of a nightly run; groups add a folder each under one report.
+    assert not list(one_dirs.report.glob("part-*"))
+    assert one["result_json"] == str(one_dirs.report / "validation.json")
+    assert result["result_json"] == str(dirs.report / "validation.json")
+    assert result["data_docs"] == str(dirs.report / "data_docs" / "index.html")
+    groups = json.loads((dirs.report / "groups.json").read_text(encoding="utf-8"))
+    assert [(g["part"], g["first_day"], g["rows"]) for g in groups] == [
+        ("part-000", "2013-07-02", 945),
+        ("part-001", "2013-07-03", 983),
+        ("part-002", "2013-07-04", 737),
+    ]
+    for g in groups:
+        assert Path(g["result_json"]).is_file() and Path(g["data_docs"]).is_file()
+        assert f'href="../{g["part"]}/data_docs/index.html"' in Path(result["data_docs"]).read_text(encoding="utf-8")
+    assert _failed_rule(Path(result["result_json"])) == set()
+
+
+def _defects_in_later_groups(frames: dict[dt.date, pd.DataFrame]) -> dict[dt.date, pd.DataFrame]:
+    first, second, last = (frames[d].copy() for d in WINDOW)
+    second.loc[second.index[:3], "month"] = 13
+    for f in (second, last):
+        f.loc[f.index[:2], "distance"] = -f.loc[f.index[:2], "distance"]
+    last.loc[last.index[5], "flight_date"] = pd.Timestamp("2013-07-05")
+    # 15 unseen origins and 60 missing carriers: over the shares allowed (1%, 5%) in the last day
+    # alone (2.0%, 8.1%), within them in the batch (0.6%, 2.3%), which passes both as in one pass.
+    last.loc[last.index[10:25], "origin"] = "SWF"
+    last.loc[last.index[30:90], "carrier"] = None
+    return dict(zip(WINDOW, (first, second, last), strict=True))
+
+
+def test_bad_values_in_later_groups_fail_as_in_one_pass(window: Window, tmp_path: Path) -> None:
+    frames = _defects_in_later_groups(window.frames)
+    _, one = _gate_days(window.params, frames, tmp_path / "one", ONE_PASS)
+    dirs, grouped = _gate_days(window.params, frames, tmp_path / "groups", 1928)  # 2 and 1 days
+    assert isinstance(one, ValidationFailed) and isinstance(grouped, ValidationFailed), (one, grouped)
+    assert grouped.report.summary() == one.report.summary()
+    message = str(grouped)
+    for fragment in (
+        "failed: 3 of",
+        "column 'month': expect_column_values_to_be_between (ranges, stop): expected min_value=1.0, max_value=12.0; "
+        "3 of 2665 rows (0.11%) break it; e.g. [13, 13, 13]",
+        "column 'distance': expect_column_values_to_be_between (ranges, stop)",
+        "4 of 2665 rows (0.15%) break it",
+        "min_value=2013-07-02 00:00:00, max_value=2013-07-04 23:59:59.999999; 1 of 2665 rows",
+    ):
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    assert "column 'origin'" not in message and "column 'carrier'" not in message
+    # The last group alone breaks the category and null shares: its own result says so.
+    assert ("expect_column_values_to_be_in_set", "origin") in _failed_rule(dirs.report / "part-001" / "validation.json")
+    assert _failed_rule(dirs.report / "validation.json") == {
+        ("expect_column_values_to_be_between", "month"),
+        ("expect_column_values_to_be_between", "distance"),
+        ("expect_column_values_to_be_between", "flight_date"),
+    }
+    assert not dirs.raw.exists()
+    assert (dirs.quarantine / "attempt-0" / "report" / "part-001" / "data_docs" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("case", ["missing-column", "strings-in-numeric"])
+def test_schema_error_in_a_later_group_stops_the_batch(case: str, window: Window, tmp_path: Path) -> None:
+    defect, _, expected = BAD_BATCHES[case]
+    frames = dict(window.frames)
+    frames[WINDOW[1]] = defect(frames[WINDOW[1]])
+    dirs, err = _gate_days(window.params, frames, tmp_path, ONE_PASS)  # a day unlike the others is a group apart
+    assert isinstance(err, ValidationFailed), err
+    message = str(err)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    assert "[values]" not in message
+    assert err.report.rows == 2665
+    assert [g["part"] for g in json.loads((dirs.report / "groups.json").read_text(encoding="utf-8"))] == [
+        "part-000",
+        "part-001",
+    ]
+    assert not (dirs.report / "part-002").exists()  # the last day was never read
+    assert not dirs.raw.exists()
+
+
+def test_group_with_a_weather_column_all_missing_reads_with_the_batch_types(window: Window, tmp_path: Path) -> None:
+    frames = dict(window.frames)
+    last = frames[DAY].copy()
+    last["wind_gust"] = pd.Series([None] * len(last), dtype=object)  # stored with Arrow's null type
+    frames[DAY] = last
+    dirs, result = _gate_days(window.params, frames, tmp_path, 1928)
+    assert pq.read_schema(partition_path(dirs.staging, DAY)).field("wind_gust").type == pa.null()
+    assert isinstance(result, dict) and result["success"], result
+    # Read alone, the day would be an object column of Nones, whose type check passes only vacuously;
+    # with the batch's schema it is the float column of the other days, and its dtype is what is checked.
+    described = json.loads((dirs.report / "part-001" / "validation.json").read_text(encoding="utf-8"))
+    [type_check] = [
+        e
+        for run in described["schema"]["validation_results"]
+        for e in run["expectations"]
+        if e["expectation_type"] == "expect_column_values_to_be_in_type_list" and e["kwargs"]["column"] == "wind_gust"
+    ]
+    assert type_check["success"] and type_check["result"]["observed_value"] == "float64"
+
+
+def test_duplicate_keys_across_groups_are_found_without_the_time_column(window: Window, tmp_path: Path) -> None:
+    # A key without the time column: a group's suite cannot see its key repeated in another group.
+    params = window.params.with_overrides(
+        {"dataset.key_columns": ["carrier", "flight", "origin", "sched_dep_time", "day"]}
+    )
+    frames = dict(window.frames)
+    copies = frames[WINDOW[0]].head(5).assign(flight_date=pd.Timestamp(DAY))  # "day" still says the 2nd
+    frames[DAY] = pd.concat([frames[DAY], copies], ignore_index=True)
+    _, one = _gate_days(params, frames, tmp_path / "one", ONE_PASS)
+    dirs, grouped = _gate_days(params, frames, tmp_path / "groups", 1928)  # 2 and 1 days
+    assert isinstance(one, ValidationFailed) and isinstance(grouped, ValidationFailed), (one, grouped)
+    assert [(f.rule, f.check, f.severity) for f in grouped.report.failures] == [
+        ("expect_compound_columns_to_be_unique", "duplicates", "stop")
+    ]
+    assert "10 of 2670 rows (0.37%) break it" in str(grouped)
+    assert grouped.report.summary() == one.report.summary()
+    for part in ("part-000", "part-001"):
+        assert _failed_rule(dirs.report / part / "validation.json") == set()  # each group alone is unique
