@@ -142,27 +142,36 @@ def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-@in_step_worker
 def run_decide_training(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
     """Whether this run trains, by ``train.retrain`` (see :mod:`pipelines.retraining`).
 
-    With ``on_demand`` the registry is asked for the champion. The decision is logged and
-    written to the run's folder (``training_decision.json``).
+    With ``on_demand`` the registry is asked for the champion (in the step worker: it
+    needs MLflow); ``nightly`` needs nothing but the params, so it is decided here
+    without the round trip. The decision is logged and written to the run's folder
+    (``training_decision.json``).
     """
+    if ctx.params.train.retrain == "on_demand":
+        return _decide_training_with_registry(ctx, trigger_params)
+    return _decide_training(ctx, trigger_params, None)
+
+
+@in_step_worker
+def _decide_training_with_registry(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from pipelines.promote import CHAMPION, alias_version
+
+    client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
+    champion = alias_version(client, ctx.params.register_.model_name, CHAMPION)
+    return _decide_training(ctx, trigger_params, champion)
+
+
+def _decide_training(ctx: RunContext, trigger_params: dict[str, Any], champion: Any) -> dict[str, Any]:
     import json
 
     from pipelines.retraining import DECISION_FILE, decide_training
 
-    policy = ctx.params.train.retrain
-    champion = None
-    if policy == "on_demand":
-        import mlflow
-
-        from pipelines.promote import CHAMPION, alias_version
-
-        client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
-        champion = alias_version(client, ctx.params.register_.model_name, CHAMPION)
-    decision = decide_training(policy, trigger_params, champion)
+    decision = decide_training(ctx.params.train.retrain, trigger_params, champion)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / DECISION_FILE).write_text(json.dumps(decision.as_dict(), indent=1), encoding="utf-8")
     log.info("%s: %s", "training" if decision.train else "not training", decision.reason)
@@ -460,18 +469,23 @@ def run_record_retraining(ctx: RunContext, decision: dict[str, Any]) -> dict[str
     }
 
 
-@in_step_worker
 def run_record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
     """In a training run started by monitoring: record why on its MLflow run (tags and note).
 
-    ``trigger_params`` are the DAG run's params; without ``trigger_reason`` nothing is recorded.
+    ``trigger_params`` are the DAG run's params; without ``trigger_reason`` nothing is
+    recorded, and nothing is handed to the step worker.
     """
+    if not trigger_params.get("trigger_reason"):
+        return {"recorded": False}
+    return _record_trigger(ctx, trigger_params)
+
+
+@in_step_worker
+def _record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
     from pipelines.monitor import record_trigger
     from pipelines.tracking import get_or_create_run
 
-    reason, report = trigger_params.get("trigger_reason"), trigger_params.get("trigger_report")
-    if not reason:
-        return {"recorded": False}
+    reason, report = trigger_params["trigger_reason"], trigger_params.get("trigger_report")
     run_id = get_or_create_run(ctx.tracking)
     record_trigger(ctx.settings.tracking_uri, run_id, reason, report)
     log.info("triggered by monitoring: %s (report: %s)", reason, report)

@@ -89,6 +89,11 @@ PRELOAD = (
     "mlflow",
     "mlflow.pyfunc",
     "mlflow.models",
+    # Imported when a step first opens its tracking store (SQLAlchemy, Alembic and the ORM
+    # models of every table): imports only, the engine is created in the step.
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "git",  # MLflow records the source commit of a run
     "sklearn.ensemble",
     "sklearn.metrics",
     "sklearn.calibration",
@@ -224,7 +229,7 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     conn = _connect(env)
     if conn is None:
         return fn(*args, **kwargs)
-    step = target.rsplit(":", 1)[-1].removeprefix("run_")
+    step = target.rsplit(":", 1)[-1].lstrip("_").removeprefix("run_")
     request = {
         "target": target,
         "args": args,
