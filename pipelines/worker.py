@@ -113,6 +113,7 @@ PRELOAD = (
 )
 
 _IN_STEP = False  # true in a step's child process: steps run there, never handed on again
+_WAKE_FDS: tuple[int, int] | None = None  # the serving loop's SIGCHLD pipe (closed in a step's process)
 
 
 class WorkerError(RuntimeError):
@@ -407,16 +408,29 @@ def serve(path: Path, idle_timeout: float = DEFAULT_IDLE_S, modules: tuple[str, 
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    # A step's process ending wakes the loop at once (SIGCHLD through a pipe), so its task
+    # hears "exit" without waiting for the next poll: that wait cost every step about 0.3 s.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    global _WAKE_FDS
+    _WAKE_FDS = (wake_r, wake_w)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     last = time.monotonic()
     try:
         while not stop:
-            watched = [server, *children.values()]
+            watched = [server, wake_r, *children.values()]
             try:
                 readable, _, _ = select.select(watched, [], [], 0.5)
             except InterruptedError:
                 continue
             for sock in readable:
-                if sock is server:
+                if sock == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(wake_r, 4096):
+                            pass
+                elif sock is server:
                     conn, _ = server.accept()
                     pid = _handle(conn, server, children, code, idle_timeout)
                     if pid == -1:
@@ -448,6 +462,11 @@ def serve(path: Path, idle_timeout: float = DEFAULT_IDLE_S, modules: tuple[str, 
                 log.info("idle for %.0fs: exiting", idle_timeout)
                 break
     finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(wake_r)
+        os.close(wake_w)
+        _WAKE_FDS = None
         for pid in children:
             _kill(pid, signal.SIGTERM)
         server.close()
@@ -494,6 +513,10 @@ def _handle(conn: socket.socket, server: socket.socket, children: Mapping[int, A
     pid = os.fork()
     if pid == 0:  # the step's process
         try:
+            signal.set_wakeup_fd(-1)  # the worker's wake-up is not the step's
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in _WAKE_FDS or ():
+                os.close(fd)
             server.close()
             for other in children.values():
                 other.close()

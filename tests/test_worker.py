@@ -50,6 +50,15 @@ def test_step_runs_in_a_fork_with_the_callers_env_and_cwd(use_worker, monkeypatc
     assert worker.call(os.getpid) != pid  # a new process per step
 
 
+def test_steps_start_subprocesses_and_finish_one_after_another(use_worker) -> None:
+    """A step's own children are its business (SIGCHLD as usual there); the worker notices each step's end."""
+    assert worker.call(subprocess.check_call, ["true"]) == 0
+    pids = [worker.call(os.getpid) for _ in range(5)]
+    assert len(set(pids)) == 5
+    for pid in pids:  # each step's process has ended and been reaped by the worker
+        assert not Path(f"/proc/{pid}").exists() or "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
 def test_logs_come_back_to_the_task(use_worker, caplog) -> None:
     with caplog.at_level(logging.INFO):
         worker.call(logging.warning, "from the step: %s", 42)
