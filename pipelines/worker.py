@@ -600,7 +600,15 @@ def _run_step(conn: socket.socket, request: dict) -> None:
         except Exception:
             payload = None
         message = ("error", payload, type(exc).__name__, str(exc), traceback.format_exc())
-    stats = {"pid": os.getpid(), "seconds": time.perf_counter() - started, "peak_rss": _peak_rss()}
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # this process's since the fork
+    stats = {
+        "pid": os.getpid(),
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss": _peak_rss(),
+    }
     with contextlib.suppress(Exception):
         _record(request, stats, message[0])
     if message[0] == "result":
