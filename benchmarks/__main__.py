@@ -3,15 +3,15 @@
 Runs each benchmark in turn, each printing its table and writing it to
 ``benchmarks/results/<name>.md`` (raw figures beside it as JSON):
 
-    e2e             one nightly run through Airflow (per-task processes, then the step worker) and the CLI
+    e2e             two nights (the first run, then the next night) through Airflow and through the CLI
     scaling         the nightly run at 1x, 4x and 16x the data
     input_pipeline  tf.data against training consumption and an in-memory baseline, at 1x and 10x
     throughput      batch scoring (production path vs one whole frame), validation and drift per million rows
 
-``--only e2e,throughput`` runs a subset. On a quiet 2-core machine e2e took
-about 6 minutes, ``scaling --scales 1,4`` 5, input_pipeline 12 and throughput
-3; the 16x run of ``scaling`` (in its default) has not been timed yet. Nothing
-here is a test and CI times nothing.
+``--only e2e,throughput`` runs a subset. On a quiet 2-core machine (2026-11-30) e2e's warm and cli
+modes took about 4 minutes a repeat (two nights each; ``base`` adds the old code's two nights),
+``scaling --scales 1,4,16`` 7.5, input_pipeline 5 and throughput about 3. Nothing here is a test and
+CI times nothing.
 """
 
 from __future__ import annotations
