@@ -95,6 +95,13 @@ class ValidationReport:
     result_json: str = ""
     data_docs: str = ""
     evaluated: int = 0
+    # Every evaluated expectation's outcome, failed or not: what the groups of a long batch add up.
+    outcomes: list[_Outcome] = field(default_factory=list, repr=False)
+
+    @property
+    def schema_stopped(self) -> bool:
+        """The schema phase failed, so the value checks did not run."""
+        return any(o.phase == "schema" and not o.success for o in self.outcomes)
 
     @property
     def failures(self) -> list[Finding]:
@@ -456,34 +463,6 @@ def validate_frame(
             batch prediction passes the key and feature columns.
         reference: statistics learnt from the training data (``reference.json``).
     """
-    return _validate(
-        frame,
-        spec,
-        cfg,
-        report_dir,
-        n_days=n_days,
-        first_day=first_day,
-        last_day=last_day,
-        schema_only=schema_only,
-        columns=columns,
-        reference=reference,
-    )[0]
-
-
-def _validate(
-    frame: pd.DataFrame,
-    spec: DatasetConfig,
-    cfg: ValidateConfig,
-    report_dir: Path,
-    *,
-    n_days: int = 1,
-    first_day: dt.date | None = None,
-    last_day: dt.date | None = None,
-    schema_only: bool = False,
-    columns: list[str] | None = None,
-    reference: dict[str, Any] | None = None,
-) -> tuple[ValidationReport, list[_Outcome], bool]:
-    """:func:`validate_frame`, with each expectation's outcome and whether the schema stopped it."""
     report_dir.mkdir(parents=True, exist_ok=True)
     columns = list(columns or spec.schema_)
     phases = [("schema", _schema_expectations(spec, columns))]
@@ -492,7 +471,6 @@ def _validate(
     outcomes: list[_Outcome] = []
     described: dict[str, Any] = {}
     evaluated = 0
-    stopped = False
     for phase, expectations in phases:
         ok, results, desc = _run_suite(frame, f"{spec.name}_{phase}", expectations, report_dir)
         described[phase] = desc
@@ -503,20 +481,19 @@ def _validate(
                 continue  # already reported by the column-set check
             outcomes.append(_Outcome.of(r, phase))
         if not ok and phase == "schema":
-            stopped = True
             break  # a schema failure makes the value checks meaningless
     findings = [o.finding(cfg) for o in outcomes if not o.success]
     result_json = report_dir / "validation.json"
     result_json.write_text(json.dumps(described, indent=1, default=str), encoding="utf-8")
     (report_dir / "findings.json").write_text(json.dumps([f.__dict__ for f in findings], indent=1), encoding="utf-8")
-    report = ValidationReport(
+    return ValidationReport(
         rows=len(frame),
         findings=findings,
         result_json=str(result_json),
         data_docs=str(report_dir / "data_docs" / "index.html"),
         evaluated=evaluated,
+        outcomes=outcomes,
     )
-    return report, outcomes, stopped
 
 
 def load_reference(processed_dir: Path) -> dict[str, Any] | None:
@@ -677,7 +654,7 @@ def _validate_groups(
     evaluated, stopped = 0, False
     for group in groups:
         frame = group.read()
-        part, outcomes, stopped = _validate(
+        part = validate_frame(
             frame,
             spec,
             cfg,
@@ -687,6 +664,7 @@ def _validate_groups(
             last_day=group.days[-1],
             reference=reference,
         )
+        outcomes, stopped = part.outcomes, part.schema_stopped
         if across and not stopped:
             hashes.append(_key_hashes(frame, keys)[1])
         del frame
