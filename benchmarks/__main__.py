@@ -9,7 +9,7 @@ Runs each benchmark in turn, each printing its table and writing it to
     throughput      batch scoring (production path vs one whole frame), validation and drift per million rows
 
 ``--only e2e,throughput`` runs a subset. On a quiet 2-core machine (2026-11-30) e2e's warm and cli
-modes took about 4 minutes a repeat (two nights each; ``base`` adds the old code's two nights),
+modes (its default) took about 4 minutes a repeat (two nights each; ``--modes base,...`` adds the old code's),
 ``scaling --scales 1,4,16`` 7.5, input_pipeline 5 and throughput about 3. Nothing here is a test and
 CI times nothing.
 """

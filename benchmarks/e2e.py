@@ -474,7 +474,7 @@ def render(raw: dict, name: str, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("mode", nargs="?", default="bench", choices=["bench", "cli-child"])
-    p.add_argument("--modes", default="base,warm,cli", help="base, cold, warm, cli (see the module docstring)")
+    p.add_argument("--modes", default="warm,cli", help="base, cold, warm, cli (see the module docstring)")
     p.add_argument("--base-rev", default="db4c45e^", help="the code of 'base': before the step worker and the step fixes")
     p.add_argument("--date", default="2013-12-30")
     p.add_argument("--port", type=int, default=18120, help="Airflow API port (18120-18139 are this suite's)")
