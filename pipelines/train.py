@@ -7,8 +7,9 @@ so multi-device training never sees a string tensor. The two are then
 composed into the full model (raw features in, probability out), which is
 what ``model.keras`` holds.
 
-Checkpoints go to the run's own folder (Keras ``BackupAndRestore``), so a
-retried task resumes from its last completed epoch. Early stopping watches
+Checkpoints go to the run's own folder (Keras ``BackupAndRestore``, the
+previous epoch's kept too), so a retried task resumes from its last completed
+epoch, or the one before when a kill left the last checkpoint half-written. Early stopping watches
 the validation AUC and restores the best weights.
 """
 
@@ -245,7 +246,10 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     client.set_tag(run_id, "data.raw_fingerprint", manifest["raw_fingerprint"])
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [keras.callbacks.BackupAndRestore(str(model_dir / "backup")), _mlflow_epoch_callback(client, run_id)]
+    # double_checkpoint: the previous epoch's checkpoint is kept beside the last one, and read
+    # when the last cannot be (a process killed while writing it left it corrupt).
+    backup = keras.callbacks.BackupAndRestore(str(model_dir / "backup"), double_checkpoint=True)
+    callbacks = [backup, _mlflow_epoch_callback(client, run_id)]
     model, history, seconds = fit_model(params, processed_dir, hardware, callbacks, cache_dir=model_dir)
     model_path = model_dir / MODEL_FILE
     model.save(model_path)
