@@ -68,12 +68,6 @@ def window_partitions(spec: DatasetConfig, raw_dir: Path, end_day: dt.date, wind
     return days, paths
 
 
-def load_window(spec: DatasetConfig, raw_dir: Path, end_day: dt.date, window_days: int) -> tuple[pd.DataFrame, list[Path]]:
-    """Read the published partitions of the window ending on ``end_day`` as one frame."""
-    _, paths = window_partitions(spec, raw_dir, end_day, window_days)
-    return read_partitions(paths), paths
-
-
 @dataclass(frozen=True)
 class SplitDays:
     """Where each split starts: ``train`` < ``validation_start`` <= ``validation`` < ``holdout_start`` <= ``holdout``."""
@@ -109,15 +103,6 @@ def split_days(days_with_rows: list[dt.date], cfg: PreprocessConfig) -> SplitDay
             f"the window ends on {last.date()} and its data starts on {min(days_with_rows)}"
         )
     return SplitDays(val_start, holdout_start)
-
-
-def split_by_time(frame: pd.DataFrame, spec: DatasetConfig, cfg: PreprocessConfig) -> dict[str, pd.DataFrame]:
-    """Split on the time column: ``train`` < ``validation`` < ``holdout``, whole days each."""
-    days = pd.to_datetime(frame[spec.time_column]).dt.normalize()
-    bounds = split_days(sorted({d.date() for d in days.dropna().unique()}), cfg)
-    return {
-        name: frame.loc[mask].reset_index(drop=True) for name, mask in bounds.masks(frame, spec.time_column).items()
-    }
 
 
 class TrainingStats:
@@ -225,13 +210,6 @@ class TrainingStats:
             "categories": {col: sorted(seen) for col, seen in self._seen.items()},
             "numeric": {col: ({"min": r[0], "max": r[1]} if r else {}) for col, r in self._range.items()},
         }
-
-
-def compute_stats(train: pd.DataFrame, spec: DatasetConfig, quantile_sample_rows: int = 1_000_000) -> dict[str, Any]:
-    """Imputation and scaling statistics, quantiles and vocabularies of a training split held whole."""
-    acc = TrainingStats(spec, len(train), quantile_sample_rows)
-    acc.add(train)
-    return acc.stats()
 
 
 def compute_reference(train: pd.DataFrame, spec: DatasetConfig) -> dict[str, Any]:
