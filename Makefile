@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 pipeline: install
-	$(PY) -m pipelines.local run $(if $(DATE),--date $(DATE)) $(if $(CONF),--conf '$(CONF)')
+	$(PY) -m pipelines.ops.local run $(if $(DATE),--date $(DATE)) $(if $(CONF),--conf '$(CONF)')
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -38,12 +38,12 @@ lint: install
 	$(VENV)/bin/ruff check pipelines dags plugins tests
 
 airflow-ui: install
-	$(PY) -m pipelines.local airflow-ui
+	$(PY) -m pipelines.ops.local airflow-ui
 
 mlflow-ui: install
-	$(PY) -m pipelines.local mlflow-ui
+	$(PY) -m pipelines.ops.local mlflow-ui
 
-# Chromium for the browser test (tests/test_browser.py): Debian's package, installed when missing.
+# Chromium for the browser test (tests/e2e/test_browser.py): Debian's package, installed when missing.
 # Needs root (or SUDO=sudo); .ci/run does this before `make test`.
 .PHONY: browser-deps
 browser-deps:

@@ -1,7 +1,7 @@
 """Prepared data for the component benchmarks: a year collected and preprocessed at a growth factor.
 
 Built once per factor (collect every day of the window from the replay, grown
-as ``pipelines/grow.py`` describes, then :func:`pipelines.preprocess.preprocess`),
+as ``pipelines/data/grow.py`` describes, then :func:`pipelines.steps.preprocess.preprocess`),
 without validation or versioning, and kept under ``$MLOPS_BENCH_DIR``
 (``/tmp/mlops-bench``) for the next benchmark.
 """
@@ -24,9 +24,9 @@ def bench_root() -> Path:
 def prepared(scale: int, end: dt.date = END) -> tuple[Path, Path]:
     """``(params file, processed folder)`` of the year ending on ``end``, grown ``scale`` times."""
     from benchmarks.scaling import scaled_params
-    from pipelines.collect import fetch_day, partition_path, training_window, write_partition
     from pipelines.config import load_params
-    from pipelines.preprocess import MANIFEST_FILE, preprocess
+    from pipelines.steps.collect import fetch_day, partition_path, training_window, write_partition
+    from pipelines.steps.preprocess import MANIFEST_FILE, preprocess
 
     root = bench_root() / f"prepared-x{scale}-{end.isoformat()}"
     processed = root / "processed"

@@ -18,7 +18,7 @@ own Airflow and MLflow databases), each running two nights in turn:
   scheduler with the LocalExecutor on SQLite, each task in its own new process
   that imports what its step needs: the "before".
 * ``cold``: today's code the same way (the step worker off).
-* ``warm``: the same, with the step worker (:mod:`pipelines.worker`) started
+* ``warm``: the same, with the step worker (:mod:`pipelines.ops.worker`) started
   beside the scheduler: tasks hand their step to it and it runs each in a
   fork of a process that imported the libraries once.
 * ``cli``: ``python -m pipelines run`` (every step in one process, no
@@ -70,7 +70,7 @@ def _label(cmd: list[str]) -> str | None:
         return "ti:" + m.group(1).replace("-", "").lower()
     if m := _STEP.search(line):
         return "step:" + m.group(1)
-    if "pipelines.worker" in line and "serve" in line:
+    if "pipelines.ops.worker" in line and "serve" in line:
         return "step-worker"
     for name in ("scheduler", "dag-processor", "api-server", "api_server"):
         if f"airflow {name}" in line or f"-m airflow {name}" in line:
@@ -81,7 +81,7 @@ def _label(cmd: list[str]) -> str | None:
 
 
 def _airflow_env(env: dict[str, str], code_dir: Path, port: int) -> dict[str, str]:
-    from pipelines.local import airflow_env
+    from pipelines.ops.local import airflow_env
     from pipelines.settings import resolve
 
     env = dict(env)
@@ -137,7 +137,7 @@ def run_airflow(mode: str, date: str, port: int, code_dir: Path, keep: bool) -> 
     train. ``base`` is ``cold`` with the code of another revision
     (``code_dir``): the "before".
     """
-    from pipelines.airflow_local import AirflowCluster
+    from pipelines.ops.cluster import AirflowCluster
 
     state, base = fresh_state(f"airflow-{mode}")
     env = _airflow_env(clean_env(base), code_dir, port)
@@ -155,7 +155,7 @@ def run_airflow(mode: str, date: str, port: int, code_dir: Path, keep: bool) -> 
         t0 = time.perf_counter()
         with AirflowCluster(env, log_dir=state / "services", api_port=port) as cluster:
             if mode == "warm":
-                from pipelines.worker import start_service, wait_ready
+                from pipelines.ops.worker import start_service, wait_ready
 
                 start_service(cluster.services, env)
             cluster.wait_for_dag(DAG_ID)
@@ -197,7 +197,7 @@ def _dag_run(cluster: Any, mode: str, night: str) -> dict:
 
 def _run_figures(state: Path, run: dict, sampler: PeakSampler) -> dict:
     """Per task: time, the peak RSS of its process (and of its step's process), the step's own time."""
-    from pipelines.airflow_local import _as_datetime
+    from pipelines.ops.cluster import _as_datetime
 
     tasks = {}
     for ti_id, task_id, start, end, ti_state in run["rows"]:
@@ -287,13 +287,13 @@ def cli_child(date: str, out: Path) -> int:
     import resource
 
     t0 = time.perf_counter()
-    from pipelines.worker import preload
+    from pipelines.ops.worker import preload
 
     preload()
     imports = time.perf_counter() - t0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipelines import run as steps
-    from pipelines.run import RunContext
+    from pipelines import runner as steps
+    from pipelines.runner import RunContext
 
     ctx = RunContext(dag_id="cli", run_id=f"cli__{date}", run_day=dt.date.fromisoformat(date))  # a folder per night
     times: dict[str, float] = {}

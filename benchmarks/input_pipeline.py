@@ -7,13 +7,13 @@ measurement in its own process (peak RSS is that process's ``VmHWM``; "+" is
 the part above the process's RSS once its libraries were imported):
 
 * input, iteration only: one epoch of the training split through
-  ``pipelines.tfdata.make_dataset`` as training builds it (shard interleave,
+  ``pipelines.model.tfdata.make_dataset`` as training builds it (shard interleave,
   block parsing, the model's preprocessing, windowed shuffle, batches), no
   model: examples/s the pipeline can deliver;
 * training step: the core model fitted on batches already in memory (the
   same batches, repeated): examples/s training consumes; the input should
   be at least 5x faster;
-* training, streaming: ``pipelines.train.fit_model`` (the production path,
+* training, streaming: ``pipelines.steps.train.fit_model`` (the production path,
   validation included) for ``--epochs`` epochs, with the cache of parsed
   blocks as ``train.cache: auto`` (the default) places it (in memory while it
   fits in ``train.cache_memory_mb``, in files beyond) and off;
@@ -51,9 +51,9 @@ def _setup(params_file: str, processed: str):
     import keras
 
     from pipelines.config import load_params
-    from pipelines.model import build_preprocessing, select_hardware
-    from pipelines.preprocess import STATS_FILE, load_manifest
-    from pipelines.train import load_boundaries
+    from pipelines.model.network import build_preprocessing, select_hardware
+    from pipelines.steps.preprocess import STATS_FILE, load_manifest
+    from pipelines.steps.train import load_boundaries
 
     params = load_params(params_file)
     keras.utils.set_random_seed(params.train.seed)
@@ -66,7 +66,7 @@ def _setup(params_file: str, processed: str):
 
 
 def child_input(params_file: str, processed: str, with_model_preprocessing: str) -> dict:
-    from pipelines.tfdata import make_dataset
+    from pipelines.model.tfdata import make_dataset
 
     params, _, manifest, preprocessing = _setup(params_file, processed)
     cfg = params.train
@@ -93,8 +93,8 @@ def child_input(params_file: str, processed: str, with_model_preprocessing: str)
 def child_train_step(params_file: str, processed: str, policy: str) -> dict:
     import keras
 
-    from pipelines.model import build_core_model
-    from pipelines.tfdata import make_dataset
+    from pipelines.model.network import build_core_model
+    from pipelines.model.tfdata import make_dataset
 
     params, _, manifest, preprocessing = _setup(params_file, processed)
     cfg = params.train
@@ -117,8 +117,8 @@ def child_train_step(params_file: str, processed: str, policy: str) -> dict:
 
 def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
     from pipelines.config import load_params
-    from pipelines.model import select_hardware
-    from pipelines.preprocess import load_manifest
+    from pipelines.model.network import select_hardware
+    from pipelines.steps.preprocess import load_manifest
 
     params = load_params(params_file).with_overrides(
         {"train.epochs": epochs, "train.early_stopping_patience": 1000, "train.cache": "off" if mode == "streaming-nocache" else "auto"}
@@ -128,7 +128,7 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
     if mode.startswith("streaming"):
         import tensorflow as tf  # noqa: F401 - imported before the baseline RSS, as in the in-memory mode
 
-        from pipelines.train import fit_model
+        from pipelines.steps.train import fit_model
 
         base = _rss()
         import tempfile
@@ -141,8 +141,8 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
         import pandas as pd
         import tensorflow as tf
 
-        from pipelines.features import LABEL, to_model_inputs
-        from pipelines.model import build_core_model
+        from pipelines.model.features import LABEL, to_model_inputs
+        from pipelines.model.network import build_core_model
 
         _, hardware, _, preprocessing = _setup(params_file, processed)
         base = _rss()

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.scaling [--scales 1,4,16] [--date 2013-12-30]
 
-The data grows as ``pipelines/grow.py`` describes (``dataset.source.scale``:
+The data grows as ``pipelines/data/grow.py`` describes (``dataset.source.scale``:
 each day's flights plus jittered copies), with the gate's daily volume bounds
 widened by the same factor; everything else is ``params.yaml``. Each factor
 runs in a fresh state folder, through ``python -m pipelines run`` with the
@@ -48,8 +48,8 @@ def scaled_params(path: Path, scale: int, base: Path = REPO / "params.yaml") -> 
 
 
 def run_scale(scale: int, date: str, keep: bool) -> dict:
-    from pipelines.airflow_local import Services
-    from pipelines.worker import start_service, wait_ready
+    from pipelines.ops.cluster import Services
+    from pipelines.ops.worker import start_service, wait_ready
 
     state, base = fresh_state(f"scale-x{scale}")
     env = clean_env(base)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.throughput [--rows 1000000]
 
-* Scoring: the registered pyfunc model (``pipelines/serving.py``) on ``--rows``
+* Scoring: the registered pyfunc model (``pipelines/model/pyfunc.py``) on ``--rows``
   rows, the production path (``batch_predict``: ``predict.batch_rows`` rows
   per call) against the baseline (one ``predict`` on the whole frame). Each in
   its own process, with its peak RSS and the RSS before the rows were read
@@ -40,11 +40,11 @@ def _model(params_file: Path, processed: Path) -> Path:
     import mlflow.pyfunc
 
     from pipelines.config import load_params
-    from pipelines.model import select_hardware
-    from pipelines.register import serving_requirements
-    from pipelines.serving import FlightDelayModel
+    from pipelines.model.network import select_hardware
+    from pipelines.model.pyfunc import FlightDelayModel
     from pipelines.settings import REPO_ROOT
-    from pipelines.train import fit_model
+    from pipelines.steps.register import serving_requirements
+    from pipelines.steps.train import fit_model
 
     params = load_params(params_file).with_overrides({"train.epochs": 1})
     model, _, _ = fit_model(params, processed, select_hardware(False))
@@ -74,7 +74,7 @@ def _rows(processed: Path, n: int):
     """``n`` rows of the year's published data (repeated as needed), features and keys."""
     import pandas as pd
 
-    from pipelines.preprocess import load_manifest
+    from pipelines.steps.preprocess import load_manifest
 
     manifest = load_manifest(processed)
     frame = pd.concat([pd.read_parquet(manifest["splits"][s]["parquet"]) for s in ("train", "validation", "holdout")])
@@ -113,7 +113,7 @@ def child_validate(params_file: str, processed: str, n: int) -> dict:
     import tempfile
 
     from pipelines.config import load_params
-    from pipelines.validate import validate_frame
+    from pipelines.steps.validate import validate_frame
 
     params = load_params(params_file)
     frame = _rows(Path(processed), n) if n else None
@@ -124,7 +124,7 @@ def child_validate(params_file: str, processed: str, n: int) -> dict:
 
     year = pd.concat([pd.read_parquet(p) for p in sorted(raw.glob("date=*/part-0.parquet"))], ignore_index=True)
     if n and n > len(year):
-        from pipelines.grow import grow
+        from pipelines.data.grow import grow
 
         year = grow(year, -(-n // len(year)), dt.date(2013, 12, 30)).iloc[:n]
     del frame
@@ -144,8 +144,8 @@ def child_drift(params_file: str, processed: str, n: int) -> dict:
     import pandas as pd
 
     from pipelines.config import load_params
-    from pipelines.monitor import check_data_drift, reference_sample
-    from pipelines.preprocess import load_manifest
+    from pipelines.steps.monitor import check_data_drift, reference_sample
+    from pipelines.steps.preprocess import load_manifest
 
     params = load_params(params_file)
     manifest = load_manifest(Path(processed))

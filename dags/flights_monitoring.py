@@ -62,7 +62,7 @@ def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pipelines.monitor import source_run_day
+    from pipelines.steps.monitor import source_run_day
 
     ctx = get_current_context()
     days, sources = [], []
@@ -83,7 +83,7 @@ def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
 
 
 def _run_context(day: str):
-    from pipelines.run import RunContext
+    from pipelines.runner import RunContext
 
     return RunContext(dag_id=DAG_ID, run_id=get_current_context()["run_id"], run_day=dt.date.fromisoformat(day))
 
@@ -142,8 +142,8 @@ def flights_monitoring():
     def wait_for_data() -> PokeReturnValue:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.monitor import data_ready
-        from pipelines.run import run_check_published
+        from pipelines.runner import run_check_published
+        from pipelines.steps.monitor import data_ready
 
         day, sources = _monitor_day()
         ti = get_current_context()["ti"]
@@ -161,8 +161,8 @@ def flights_monitoring():
     @task
     def resolve_champion(data: dict) -> dict:
         from pipelines.config import ConfigError
-        from pipelines.monitor import MonitorError
-        from pipelines.run import run_resolve_champion
+        from pipelines.runner import run_resolve_champion
+        from pipelines.steps.monitor import MonitorError
 
         try:
             return run_resolve_champion(_run_context(data["day"]))
@@ -172,8 +172,8 @@ def flights_monitoring():
     @task
     def check_data_drift(data: dict, champion: dict) -> dict:
         from pipelines.config import ConfigError
-        from pipelines.monitor import MonitorError
-        from pipelines.run import run_check_data_drift
+        from pipelines.runner import run_check_data_drift
+        from pipelines.steps.monitor import MonitorError
 
         try:
             return run_check_data_drift(_run_context(data["day"]), champion)
@@ -182,8 +182,8 @@ def flights_monitoring():
 
     @task
     def check_prediction_drift(data: dict, champion: dict) -> dict:
-        from pipelines.monitor import MonitorError
-        from pipelines.run import run_check_prediction_drift
+        from pipelines.runner import run_check_prediction_drift
+        from pipelines.steps.monitor import MonitorError
 
         try:
             return run_check_prediction_drift(_run_context(data["day"]), champion)
@@ -192,8 +192,8 @@ def flights_monitoring():
 
     @task
     def check_performance(data: dict, champion: dict) -> dict:
-        from pipelines.monitor import MonitorError
-        from pipelines.run import run_check_performance
+        from pipelines.runner import run_check_performance
+        from pipelines.steps.monitor import MonitorError
 
         try:
             return run_check_performance(_run_context(data["day"]), champion)
@@ -202,7 +202,7 @@ def flights_monitoring():
 
     @task(inlets=[RETRAINING_REQUESTED])
     def decide(data: dict, data_drift: dict, prediction_drift: dict, performance: dict) -> dict:
-        from pipelines.run import run_decide
+        from pipelines.runner import run_decide
 
         ctx, run = get_current_context(), _run_context(data["day"])
         last = ctx["asset_state_store"][RETRAINING_REQUESTED].get(LAST_RETRAINING_KEY)
@@ -227,7 +227,7 @@ def flights_monitoring():
 
     @task(outlets=[RETRAINING_REQUESTED])
     def record_retraining(decision: dict) -> dict:
-        from pipelines.run import run_record_retraining
+        from pipelines.runner import run_record_retraining
 
         ctx = get_current_context()
         record = {

@@ -58,7 +58,7 @@ DAG_ID = "flights_training"
 
 def _run_context():
     """The pipeline's view of the current task's DAG run (imports stay inside tasks)."""
-    from pipelines.run import RunContext
+    from pipelines.runner import RunContext
 
     ctx = get_current_context()
     params = dict(ctx["params"])
@@ -160,9 +160,9 @@ def flights_training():
     # Its Asset event schedules the monitoring DAG (dags/flights_monitoring.py).
     @task(execution_timeout=dt.timedelta(minutes=10), outlets=[FLIGHTS_COLLECTED])
     def collect() -> dict:
-        from pipelines.collect import CollectError
         from pipelines.config import ConfigError
-        from pipelines.run import run_collect
+        from pipelines.runner import run_collect
+        from pipelines.steps.collect import CollectError
 
         try:
             return run_collect(_run_context())
@@ -171,8 +171,8 @@ def flights_training():
 
     @task(execution_timeout=dt.timedelta(minutes=10))
     def validate(collected: dict) -> dict:
-        from pipelines.run import run_validate
-        from pipelines.validate import ValidationFailed
+        from pipelines.runner import run_validate
+        from pipelines.steps.validate import ValidationFailed
 
         try:
             return run_validate(_run_context(), collected)
@@ -183,14 +183,14 @@ def flights_training():
     # train, evaluate and register by their trigger rules; version_data and batch_predict still run.
     @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=5))
     def should_train(validated: dict) -> bool:
-        from pipelines.run import run_decide_training
+        from pipelines.runner import run_decide_training
 
         return bool(run_decide_training(_run_context(), dict(get_current_context()["params"]))["train"])
 
     @task(execution_timeout=dt.timedelta(minutes=15))
     def preprocess(validated: dict) -> dict:
-        from pipelines.preprocess import PreprocessError
-        from pipelines.run import run_preprocess
+        from pipelines.runner import run_preprocess
+        from pipelines.steps.preprocess import PreprocessError
 
         try:
             return run_preprocess(_run_context())
@@ -200,14 +200,14 @@ def flights_training():
     # Also after a skipped preprocess (processed is then None): the raw data only.
     @task(execution_timeout=dt.timedelta(minutes=15), retries=2, trigger_rule=TriggerRule.NONE_FAILED)
     def version_data(processed: dict | None, validated: dict) -> dict:
-        from pipelines.run import run_version_data
+        from pipelines.runner import run_version_data
 
         return run_version_data(_run_context(), processed, validated)
 
     # On GPU workers when params.yaml routes it there (train.queue / train.pool).
     @task(execution_timeout=dt.timedelta(minutes=60), **_train_placement())
     def train(processed: dict, versioned: dict, validated: dict) -> dict:
-        from pipelines.run import run_record_trigger, run_train
+        from pipelines.runner import run_record_trigger, run_train
 
         ctx = _run_context()
         run_record_trigger(ctx, dict(get_current_context()["params"]))  # why monitoring asked for it, if it did
@@ -215,13 +215,13 @@ def flights_training():
 
     @task
     def evaluate(processed: dict, trained: dict) -> dict:
-        from pipelines.run import run_evaluate
+        from pipelines.runner import run_evaluate
 
         return run_evaluate(_run_context(), processed, trained)
 
     @task
     def register(processed: dict, trained: dict, evaluation: dict, versioned: dict) -> dict:
-        from pipelines.run import run_alert_promotion, run_register
+        from pipelines.runner import run_alert_promotion, run_register
 
         ctx = _run_context()
         registered = run_register(ctx, processed, trained, evaluation, versioned)
@@ -231,8 +231,8 @@ def flights_training():
     # Also when register was skipped (no training tonight): the champion scores the next day.
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def batch_predict(registered: dict | None) -> dict:
-        from pipelines.run import run_batch_predict
-        from pipelines.validate import ValidationFailed
+        from pipelines.runner import run_batch_predict
+        from pipelines.steps.validate import ValidationFailed
 
         try:
             return run_batch_predict(_run_context())

@@ -75,8 +75,8 @@ def _latest_day(raw: Path) -> dt.date:
 
 def _step_tracking(params: Params, processed: Path):
     """One MLflow run per (data, params) for runs outside Airflow: train and evaluate share it."""
-    from pipelines.preprocess import load_manifest
     from pipelines.settings import resolve
+    from pipelines.steps.preprocess import load_manifest
     from pipelines.tracking import Tracking
 
     settings = resolve()
@@ -94,18 +94,18 @@ def _step_tracking(params: Params, processed: Path):
 def _step(args: argparse.Namespace) -> dict:
     params = load_params(args.params)
     if args.name == "preprocess":
-        from pipelines.preprocess import preprocess
+        from pipelines.steps.preprocess import preprocess
 
         end = params.preprocess.window_end or _latest_day(args.raw)
         manifest = preprocess(params, args.raw, end, args.processed)
         return {"window_end": manifest["window_end"], "data_fingerprint": manifest["data_fingerprint"]}
     if args.name == "train":
-        from pipelines.train import train
+        from pipelines.steps.train import train
 
         result = train(params, args.processed, args.model_dir, _step_tracking(params, args.processed))
         _history_plot(args.model_dir)
         return result
-    from pipelines.evaluate import evaluate
+    from pipelines.steps.evaluate import evaluate
 
     return evaluate(params, args.processed, args.model_dir / "model.keras", args.out, _step_tracking(params, args.processed))
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from pipelines.run import RunContext, run_all
+            from pipelines.runner import RunContext, run_all
 
             ctx = RunContext(
                 dag_id="cli",
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "rollback":
             import mlflow
 
-            from pipelines.promote import rollback
+            from pipelines.promotion import rollback
             from pipelines.settings import resolve
 
             settings = resolve()
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "release":
             from pipelines.settings import resolve
-            from pipelines.validate import ValidationFailed, load_reference, release
+            from pipelines.steps.validate import ValidationFailed, load_reference, release
 
             settings = resolve()
             try:

@@ -195,7 +195,7 @@ def on_failure_callback(context: Mapping[str, Any]) -> None:
 
 
 def retraining_alert(decision: Mapping[str, Any], *, dag_id: str, run_id: str, training_run_id: str) -> Alert:
-    """The ``retraining_triggered`` alert for a decision of :func:`pipelines.monitor.decide`."""
+    """The ``retraining_triggered`` alert for a decision of :func:`pipelines.steps.monitor.decide`."""
     return Alert(
         event="retraining_triggered",
         summary=f"retraining triggered ({training_run_id}): {decision['reason']}",
@@ -212,7 +212,7 @@ def retraining_alert(decision: Mapping[str, Any], *, dag_id: str, run_id: str, t
 
 
 def promotion_refused_alert(registered: Mapping[str, Any], *, dag_id: str, run_id: str) -> Alert | None:
-    """The ``promotion_refused`` alert for a result of :func:`pipelines.register.register`, or None if promoted."""
+    """The ``promotion_refused`` alert for a result of :func:`pipelines.steps.register.register`, or None if promoted."""
     if "champion" in registered.get("aliases", []):
         return None
     name, version = registered.get("model_name"), registered.get("model_version")

@@ -41,7 +41,7 @@ class Nycflights13Source(_Section):
 
     kind: Literal["nycflights13"] = "nycflights13"
     replay_year: Annotated[int, Field(ge=2013, le=2013)] = 2013
-    # Benchmarks and scale tests: each day's flights plus scale - 1 jittered copies (pipelines/grow.py).
+    # Benchmarks and scale tests: each day's flights plus scale - 1 jittered copies (pipelines/data/grow.py).
     scale: Annotated[int, Field(ge=1, le=1000)] = 1
 
 

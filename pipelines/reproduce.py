@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError, load_params
-from pipelines.features import files_fingerprint
+from pipelines.model.features import files_fingerprint
 from pipelines.settings import resolve
 
 
@@ -31,11 +31,11 @@ def reproduce(model_version: str, *, tolerance: float = 0.01, workdir: Path | No
 
     Raises:
         ConfigError: the version has no dataset version in its lineage.
-        pipelines.versioning.VersioningError: the data could not be restored.
+        pipelines.steps.version.VersioningError: the data could not be restored.
     """
     import mlflow
 
-    from pipelines.versioning import default_remote_endpoint, default_remote_url, restore_dataset_version
+    from pipelines.steps.version import default_remote_endpoint, default_remote_url, restore_dataset_version
 
     settings = resolve()
     name = load_params(settings.params_path).register_.model_name

@@ -1,4 +1,4 @@
-"""A fresh, isolated Airflow configuration for tests that start real components (pipelines.airflow_local).
+"""A fresh, isolated Airflow configuration for tests that start real components (pipelines.ops.cluster).
 
 Used by the operator CLI, plugin and browser tests: each gets its own SQLite database, Airflow home,
 local state, login and ports, so they never share state with the session's ``dag.test()`` database

@@ -30,7 +30,7 @@ os.environ.update(
         "GX_ANALYTICS_ENABLED": "False",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         # The data folder above is outside this repository; tests that version data
-        # set up their own git + DVC repository (tests/test_dvc_pipeline.py).
+        # set up their own git + DVC repository (tests/e2e/test_dvc_pipeline.py).
         "MLOPS_VERSIONING": "off",
     }
 )

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.airflow_local import AirflowCluster, ServiceError, wait_http
+from pipelines.ops.cluster import AirflowCluster, ServiceError, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"

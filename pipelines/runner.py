@@ -1,0 +1,504 @@
+"""One pipeline run: resolves paths, params and MLflow identity, and runs each step.
+
+The Airflow tasks, the CLI (``python -m pipelines``) and the DVC stages call
+these ``run_*`` functions, so every entry point executes the same code with
+the same layout. Each returns a small JSON-able dict (paths, ids, metrics):
+what travels between Airflow tasks as XCom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ConfigError, Params, load_params
+from pipelines.settings import Settings, resolve
+from pipelines.tracking import Tracking
+
+log = logging.getLogger(__name__)
+
+# Trigger-form parameters of the training DAG -> dotted keys of params.yaml.
+PARAM_OVERRIDES: dict[str, str] = {
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "batch_size": "train.batch_size",
+    "training_window_days": "preprocess.training_window_days",
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a step needs to know about the run it belongs to."""
+
+    dag_id: str
+    run_id: str
+    run_day: dt.date  # the day of data this run collects, in the run's calendar
+    overrides: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=resolve)
+    force_reason: str | None = None  # a manual run's stated reason to promote whatever the gate says
+
+    @classmethod
+    def from_trigger(
+        cls, dag_id: str, run_id: str, run_day: dt.date, trigger_params: dict[str, Any] | None = None
+    ) -> RunContext:
+        """Build from a DAG run: trigger-form values become params.yaml overrides."""
+        trigger_params = trigger_params or {}
+        overrides = {
+            PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None
+        }
+        force_reason = None
+        if trigger_params.get("force_promotion"):
+            force_reason = (trigger_params.get("promotion_reason") or "").strip()
+            if len(force_reason) < 10:
+                raise ConfigError(
+                    "force_promotion needs 'promotion_reason': say in at least 10 characters why "
+                    "the gate is overridden (it is recorded on the model version and in the promotion log)"
+                )
+        return cls(dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides, force_reason=force_reason)
+
+    @cached_property
+    def params(self) -> Params:
+        params = load_params(self.settings.params_path)
+        return params.with_overrides(self.overrides) if self.overrides else params
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_dir(self.dag_id, self.run_id)
+
+    @property
+    def tracking(self) -> Tracking:
+        return Tracking(
+            tracking_uri=self.settings.tracking_uri,
+            experiment=self.params.mlflow.experiment,
+            artifact_root=self.settings.artifact_root,
+            run_key=f"{self.dag_id}/{self.run_id}",
+            tags={"airflow.dag_id": self.dag_id, "airflow.run_id": self.run_id, "run_day": self.run_day.isoformat()},
+        )
+
+
+def in_step_worker(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Run the step in the warm step worker when ``MLOPS_STEP_WORKER=warm`` (see :mod:`pipelines.ops.worker`).
+
+    Otherwise, and always inside the worker's own step processes, the step runs here.
+    """
+
+    @functools.wraps(fn)
+    def step(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        from pipelines.ops import worker
+
+        if worker.enabled():
+            return worker.call(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return step
+
+
+@in_step_worker
+def run_collect(ctx: RunContext) -> dict[str, Any]:
+    from pipelines.steps.collect import collect
+
+    params = ctx.params  # parse (and fail on) the params before any work
+    window = params.preprocess.training_window_days if params.collect.fill_training_window else 1
+    return collect(
+        params.dataset,
+        ctx.run_day,
+        ctx.run_dir / "staging",
+        ctx.settings.raw_dir,
+        window_days=window,
+        quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name,
+        max_rows=params.validate_.rows_per_day[1] * window,
+    ).as_dict()
+
+
+@in_step_worker
+def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
+    """The gate; a rejected batch is also recorded on the run's MLflow run before failing."""
+    from pipelines.steps.validate import ValidationFailed, load_reference, validate_batch
+    from pipelines.tracking import log_validation
+
+    report_dir = ctx.run_dir / "validation"
+    try:
+        return validate_batch(
+            ctx.params,
+            Path(collected["staging_dir"]),
+            collected["days"],
+            ctx.settings.raw_dir,
+            report_dir,
+            ctx.settings.quarantine_dir / ctx.run_dir.name,
+            reference=load_reference(ctx.settings.processed_dir),
+        )
+    except ValidationFailed as err:
+        try:
+            log_validation(ctx.tracking, err.report.as_dict(), report_dir)
+        except Exception as log_err:  # the gate's verdict matters more than its bookkeeping
+            log.warning("could not log the failed validation to MLflow: %s", log_err)
+        raise
+
+
+def run_decide_training(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    """Whether this run trains, by ``train.retrain`` (see :mod:`pipelines.steps.should_train`).
+
+    With ``on_demand`` the registry is asked for the champion (in the step worker: it
+    needs MLflow); ``nightly`` needs nothing but the params, so it is decided here
+    without the round trip. The decision is logged and written to the run's folder
+    (``training_decision.json``).
+    """
+    if ctx.params.train.retrain == "on_demand":
+        return _decide_training_with_registry(ctx, trigger_params)
+    return _decide_training(ctx, trigger_params, None)
+
+
+@in_step_worker
+def _decide_training_with_registry(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from pipelines.promotion import CHAMPION, alias_version
+
+    client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
+    champion = alias_version(client, ctx.params.register_.model_name, CHAMPION)
+    return _decide_training(ctx, trigger_params, champion)
+
+
+def _decide_training(ctx: RunContext, trigger_params: dict[str, Any], champion: Any) -> dict[str, Any]:
+    import json
+
+    from pipelines.steps.should_train import DECISION_FILE, decide_training
+
+    decision = decide_training(ctx.params.train.retrain, trigger_params, champion)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.run_dir / DECISION_FILE).write_text(json.dumps(decision.as_dict(), indent=1), encoding="utf-8")
+    log.info("%s: %s", "training" if decision.train else "not training", decision.reason)
+    return decision.as_dict()
+
+
+@in_step_worker
+def run_preprocess(ctx: RunContext) -> dict[str, Any]:
+    from pipelines.steps.collect import source_date
+    from pipelines.steps.preprocess import preprocess
+
+    end = source_date(ctx.params.dataset, ctx.run_day)
+    manifest = preprocess(ctx.params, ctx.settings.raw_dir, end, ctx.run_dir / "processed")
+    return {
+        "processed_dir": str(ctx.run_dir / "processed"),
+        "data_fingerprint": manifest["data_fingerprint"],
+        "rows": {k: v["rows"] for k, v in manifest["splits"].items()},
+    }
+
+
+def effective_params_yaml(params: Params, window_end: dt.date, note: str) -> str:
+    """The params a run actually used, as a ``params.yaml`` that ``dvc repro`` can run with."""
+    import yaml
+
+    raw = params.model_dump(by_alias=True, mode="json")
+    raw["preprocess"]["window_end"] = window_end.isoformat()
+    header = f"# Effective parameters of {note}: params.yaml with the run's overrides and window end.\n"
+    return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src``, swapping folders so readers never see a half copy."""
+    import shutil
+
+    staging = dst.with_name(f".{dst.name}.incoming")
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(src, staging)
+    if dst.exists():
+        dst.rename(old)
+    staging.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@in_step_worker
+def run_version_data(
+    ctx: RunContext, processed: dict[str, Any] | None, validated: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Record the raw partitions and this run's processed data as a DVC dataset version.
+
+    The processed data is published to ``data/processed``; both folders are
+    pushed to the DVC remote and their pointers committed on the ``datasets``
+    branch with the run's effective ``params.yaml``. Serialised by a lock, so
+    overlapping runs never interleave DVC or git operations.
+
+    ``processed`` is None in a run that did not preprocess (``train.retrain: on_demand``):
+    the version then holds the raw partitions only, and ``data/processed`` keeps the
+    champion's training data (the reference the next validations learn from).
+    """
+    settings = ctx.settings
+    base = {"data_fingerprint": processed["data_fingerprint"] if processed else None, "raw_only": processed is None}
+    if not settings.versioning:
+        if processed is not None:
+            # Still published: the next run's validation learns from its reference statistics.
+            _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
+        log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
+        return {**base, "versioned": False}
+    from pipelines.data import datasheet
+    from pipelines.steps import version as versioning
+    from pipelines.steps.collect import source_date
+
+    repo = settings.dvc_repo
+    if not settings.data_dir.is_relative_to(repo):
+        raise versioning.VersioningError(
+            f"the data folder {settings.data_dir} is outside the DVC repository {repo}: "
+            "set MLOPS_DATA_DIR inside it, MLOPS_DVC_REPO around it, or MLOPS_VERSIONING=off"
+        )
+    end = source_date(ctx.params.dataset, ctx.run_day)
+    note = f"{ctx.dag_id} run {ctx.run_id}"
+    with versioning.dvc_lock(repo):
+        versioning.ensure_dvc(repo)
+        versioning.configure_remote(
+            repo, versioning.default_remote_url(), endpoint_url=versioning.default_remote_endpoint()
+        )
+        # Before touching data/processed: an unreachable remote must leave it as it was.
+        versioning.check_default_remote(repo)
+        git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
+        if git_remote:
+            versioning.sync_branch(repo, git_remote)
+        if processed is not None:
+            _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
+        else:
+            log.info("this run did not preprocess: the dataset version holds the raw partitions only")
+        processed_dir = settings.processed_dir if processed is not None else None
+        version = versioning.record_dataset_version(
+            repo,
+            [settings.raw_dir] if processed_dir is None else [settings.raw_dir, processed_dir],
+            message=f"Dataset for {end.isoformat()} ({note}{', raw data only' if processed_dir is None else ''})",
+            contents={
+                "params.yaml": effective_params_yaml(ctx.params, end, note),
+                "DATASHEET.md": datasheet.render(
+                    ctx.params, settings.raw_dir, processed_dir, versioning.default_remote_url(), validated
+                ),
+            },
+        )
+        if git_remote:
+            versioning.push_branch(repo, git_remote, version.branch)
+    log.info("dataset version %s on branch %s (%s)", version.git_rev, version.branch, version.content_hash)
+    return {**base, "versioned": True, **version.as_dict()}
+
+
+@in_step_worker
+def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None) -> dict[str, Any]:
+    from pipelines.steps.train import train
+
+    result = train(ctx.params, Path(processed["processed_dir"]), ctx.run_dir / "model", ctx.tracking)
+    if validated is not None:
+        from pipelines.tracking import log_validation
+
+        log_validation(ctx.tracking, validated, ctx.run_dir / "validation")
+    return result
+
+
+@in_step_worker
+def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.steps.evaluate import evaluate
+
+    return evaluate(
+        ctx.params,
+        Path(processed["processed_dir"]),
+        Path(trained["model_path"]),
+        ctx.run_dir / "evaluation",
+        ctx.tracking,
+    )
+
+
+@in_step_worker
+def run_register(
+    ctx: RunContext,
+    processed: dict[str, Any],
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    versioned: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    from pipelines.steps.register import register
+
+    lineage = {"dag_id": ctx.dag_id, "run_id": ctx.run_id, "run_day": ctx.run_day.isoformat()}
+    if versioned and versioned.get("versioned"):
+        lineage.update(
+            {
+                "dataset_git_rev": versioned["git_rev"],
+                "dataset_branch": versioned["branch"],
+                "dataset_content_hash": versioned["content_hash"],
+                "dvc_repo": str(ctx.settings.dvc_repo),
+            }
+        )
+    else:
+        lineage["dataset_git_rev"] = "not versioned (MLOPS_VERSIONING=off)"
+    return register(
+        ctx.params,
+        Path(processed["processed_dir"]),
+        Path(trained["model_path"]),
+        evaluation,
+        ctx.tracking,
+        lineage,
+        ctx.run_dir / "register",
+        log_dir=ctx.settings.home,
+        force_reason=ctx.force_reason,
+    )
+
+
+@in_step_worker
+def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
+    from pipelines.steps.predict import batch_predict
+    from pipelines.steps.validate import load_reference
+
+    return batch_predict(
+        ctx.params,
+        ctx.run_day,
+        ctx.settings.predictions_dir,
+        ctx.settings.tracking_uri,
+        report_dir=ctx.run_dir / "predict_validation",
+        quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name / "predict",
+        reference=load_reference(ctx.settings.processed_dir),
+    )
+
+
+def run_all(ctx: RunContext) -> dict[str, Any]:
+    """Every step in one process, in DAG order (the CLI's ``run``)."""
+    collected = run_collect(ctx)
+    validated = run_validate(ctx, collected)
+    processed = run_preprocess(ctx)
+    versioned = run_version_data(ctx, processed, validated)
+    trained = run_train(ctx, processed, validated)
+    evaluation = run_evaluate(ctx, processed, trained)
+    registered = run_register(ctx, processed, trained, evaluation, versioned)
+    predicted = run_batch_predict(ctx)
+    return {
+        "collect": collected,
+        "validate": validated,
+        "preprocess": processed,
+        "version_data": versioned,
+        "train": trained,
+        "evaluate": evaluation,
+        "register": registered,
+        "batch_predict": predicted,
+    }
+
+
+# --------------------------------------------------------------------------- monitoring
+# The flights_monitoring DAG's steps: ctx.run_day is the monitored day, the last day of
+# the window. Reports go to the run's folder and to the monitoring run in MLflow.
+
+
+def run_check_published(ctx: RunContext) -> dict[str, Any]:
+    """Whether the monitored day is published in ``data/raw`` yet (the DAG's sensor)."""
+    from pipelines.steps.collect import partition_path, source_date
+
+    day = source_date(ctx.params.dataset, ctx.run_day)
+    path = partition_path(ctx.settings.raw_dir, day)
+    return {"day": ctx.run_day.isoformat(), "source_day": day.isoformat(), "published": path.is_file(), "path": str(path)}
+
+
+def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
+    """The champion this monitoring run watches (version, reference, holdout metrics), resolved once."""
+    from pipelines.steps import monitor
+
+    champion = monitor.resolve_champion(ctx.settings.tracking_uri, ctx.params.register_.model_name)
+    monitor.start_monitoring_run(ctx.tracking, ctx.params.monitor.experiment, champion)
+    return champion.as_dict()
+
+
+def run_check_data_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """Every feature of the recent window against the champion's reference."""
+    from pipelines.steps import monitor
+
+    return monitor.data_drift_step(
+        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+    )
+
+
+def run_check_prediction_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """The champion's probabilities on the window against its probabilities on the reference."""
+    from pipelines.steps import monitor
+
+    return monitor.prediction_drift_step(
+        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+    )
+
+
+def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """The champion's metrics on the labelled days it scored in the window, against its holdout metrics."""
+    from pipelines.steps import monitor
+
+    return monitor.performance_step(
+        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+    )
+
+
+def run_decide(
+    ctx: RunContext,
+    checks: dict[str, dict[str, Any]],
+    last_retraining: dict[str, Any] | None,
+    active_training_runs: int,
+) -> dict[str, Any]:
+    """Retrain or not; with the training run's id and conf when it does.
+
+    Args:
+        checks: ``data_drift``, ``prediction_drift`` and ``performance`` results.
+        last_retraining: what the last triggered retraining recorded (its ``day``), or None.
+        active_training_runs: training runs queued or running now.
+    """
+    from pipelines.steps import monitor
+
+    return monitor.decide_step(
+        ctx.params, ctx.run_day, checks, last_retraining, active_training_runs, ctx.tracking,
+        ctx.run_dir / "monitor", trigger_run_id=f"retrain__{ctx.run_day.isoformat()}__{ctx.run_id}",
+    )
+
+
+def run_record_retraining(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+    """After the training run was created: alert, and note it on the monitoring run."""
+    from pipelines import alerts
+    from pipelines.steps import monitor
+
+    alert = alerts.retraining_alert(decision, dag_id=ctx.dag_id, run_id=ctx.run_id, training_run_id=decision["trigger_run_id"])
+    sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home)
+    monitor.note_retraining(ctx.tracking, ctx.params.monitor.experiment, decision)
+    return {
+        "day": decision["day"],
+        "training_dag_id": decision["training_dag_id"],
+        "training_run_id": decision["trigger_run_id"],
+        "reason": decision["reason"],
+        "report": decision["report"],
+        "alerts": sent,
+    }
+
+
+def run_record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    """In a training run started by monitoring: record why on its MLflow run (tags and note).
+
+    ``trigger_params`` are the DAG run's params; without ``trigger_reason`` nothing is
+    recorded, and nothing is handed to the step worker.
+    """
+    if not trigger_params.get("trigger_reason"):
+        return {"recorded": False}
+    return _record_trigger(ctx, trigger_params)
+
+
+@in_step_worker
+def _record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.steps.monitor import record_trigger
+    from pipelines.tracking import get_or_create_run
+
+    reason, report = trigger_params["trigger_reason"], trigger_params.get("trigger_report")
+    run_id = get_or_create_run(ctx.tracking)
+    record_trigger(ctx.settings.tracking_uri, run_id, reason, report)
+    log.info("triggered by monitoring: %s (report: %s)", reason, report)
+    return {"recorded": True, "mlflow_run_id": run_id, "reason": reason, "report": report}
+
+
+def run_alert_promotion(ctx: RunContext, registered: dict[str, Any]) -> dict[str, Any]:
+    """Alert ``promotion_refused`` when the registered version did not become champion."""
+    from pipelines import alerts
+
+    alert = alerts.promotion_refused_alert(registered, dag_id=ctx.dag_id, run_id=ctx.run_id)
+    if alert is None:
+        return {"alerted": False}
+    return {"alerted": True, "channels": alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home)}

@@ -1,0 +1,173 @@
+"""Batch prediction: score the next day's scheduled flights with the champion.
+
+Only the feature and key columns of the next day's rows are read: nothing
+observed after departure reaches the model. Scores are written as one
+Parquet partition per day, replaced whole on a re-run, with the model's name,
+version and alias, the input's fingerprint and the scoring time on every row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import Params, SqlSink
+from pipelines.model.features import frame_fingerprint
+from pipelines.steps.collect import available_days, fetch_day, partition_dir, source_date
+from pipelines.tracking import use_tracking
+
+log = logging.getLogger(__name__)
+
+PREDICTION_FILE = "part-0.parquet"
+
+
+def next_day(params: Params, run_day: dt.date) -> dt.date | None:
+    """The source day after the run's day, or None past the end of a bounded source."""
+    day = source_date(params.dataset, run_day) + dt.timedelta(days=1)
+    bounds = available_days(params.dataset)
+    if bounds is not None and day > bounds[1]:
+        return None
+    return day
+
+
+def batch_predict(
+    params: Params,
+    run_day: dt.date,
+    predictions_dir: Path,
+    tracking_uri: str,
+    report_dir: Path,
+    quarantine_dir: Path,
+    reference: dict[str, Any] | None = None,
+    alias: str = "champion",
+) -> dict[str, Any]:
+    """Score the flights of the day after ``run_day`` with ``models:/<name>@<alias>``.
+
+    The rows to score pass the same validation gate as training data, on the
+    key and feature columns: a schema problem or a ``stop`` finding quarantines
+    them and stops the step before the model is loaded.
+
+    Returns:
+        The partition written, its row count, the model version and the input fingerprint.
+
+    Raises:
+        ValidationFailed: the inputs failed the gate.
+    """
+    import mlflow
+
+    from pipelines.steps.validate import ValidationFailed, validate_frame
+
+    spec = params.dataset
+    name = params.register_.model_name
+    day = next_day(params, run_day)
+    if day is None:
+        log.warning("no day after %s in the source: nothing to score", run_day)
+        return {"rows": 0, "path": None, "day": None}
+
+    columns = list(dict.fromkeys([*spec.key_columns, spec.time_column, *spec.features.all]))
+    raw = fetch_day(spec, day, max_rows=params.validate_.rows_per_day[1])
+    # Only what is known before departure goes on: outcome columns are dropped unread.
+    frame = raw[[c for c in raw.columns if c in columns]]
+    report = validate_frame(
+        frame, spec, params.validate_, report_dir, first_day=day, last_day=day, columns=columns, reference=reference
+    )
+    log.info("input validation %s; data docs: %s", report.summary(), report.data_docs)
+    if not report.success:
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(quarantine_dir / f"inputs-{day.isoformat()}.parquet", index=False)
+        (quarantine_dir / f"inputs-{day.isoformat()}.txt").write_text(report.summary() + "\n", encoding="utf-8")
+        raise ValidationFailed(
+            f"rows to score for {day}: {report.summary()}\nthe inputs are quarantined in {quarantine_dir}", report
+        )
+    frame = frame[columns].sort_values(list(spec.key_columns), kind="mergesort").reset_index(drop=True)
+    fingerprint = frame_fingerprint(frame)
+
+    client = mlflow.MlflowClient(tracking_uri, tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException:
+        log.warning("%s has no %r alias yet (no model passed the promotion gate): nothing scored", name, alias)
+        return {"rows": 0, "path": None, "day": day.isoformat(), "skipped": f"no {alias} model yet"}
+    with use_tracking(tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+
+    scores = []
+    step = params.predict.batch_rows
+    for lo in range(0, len(frame), step):
+        part = frame.iloc[lo : lo + step]
+        scores.append(model.predict(part[list(spec.features.all)])["delay_probability"].to_numpy())
+    proba = pd.Series(np.concatenate(scores) if scores else [], dtype="float32", index=frame.index)
+    out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
+    out["delay_probability"] = proba
+    out["predicted_delayed"] = proba >= params.evaluate.threshold
+    out["model_name"] = name
+    out["model_version"] = str(version)
+    out["model_alias"] = alias
+    out["input_fingerprint"] = fingerprint
+    out["scored_at"] = pd.Timestamp.now(tz="UTC")
+
+    if params.predict.sink is not None:
+        upsert(out, params.predict.sink, list(spec.key_columns))
+    path = partition_dir(predictions_dir, day) / PREDICTION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    out.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    log.info("scored %d flights of %s with %s v%s -> %s", len(out), day, name, version, path)
+    return {
+        "day": day.isoformat(),
+        "rows": len(out),
+        "path": str(path),
+        "model_name": name,
+        "model_version": str(version),
+        "input_fingerprint": fingerprint,
+        "input_warnings": [f.line() for f in report.warnings],
+    }
+
+
+def upsert(frame: pd.DataFrame, sink: SqlSink, keys: list[str]) -> int:
+    """Insert or update rows by ``keys`` in ``sink.table`` (created on first use), in one transaction.
+
+    Works with PostgreSQL and SQLite (``INSERT ... ON CONFLICT DO UPDATE``).
+
+    Returns:
+        The number of rows written.
+    """
+    import sqlalchemy as sa
+
+    from pipelines.steps.collect import sql_url
+
+    engine = sa.create_engine(sql_url(sink.url, sink.conn_id))
+    try:
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            raise ValueError(f"the SQL sink supports PostgreSQL and SQLite, not {engine.dialect.name}")
+        types = {
+            "object": sa.Text, "bool": sa.Boolean, "float32": sa.Float, "float64": sa.Float, "int64": sa.BigInteger,
+        }
+        columns = []
+        for col, dtype in frame.dtypes.items():
+            kind = sa.DateTime(timezone=True) if "datetime" in str(dtype) else types.get(str(dtype), sa.Text)()
+            columns.append(sa.Column(col, kind, primary_key=col in keys))
+        table = sa.Table(sink.table, sa.MetaData(), *columns)
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        with engine.begin() as conn:
+            table.create(conn, checkfirst=True)
+            for lo in range(0, len(records), 5000):
+                stmt = insert(table).values(records[lo : lo + 5000])
+                update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+                conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+    except sa.exc.SQLAlchemyError as err:
+        raise RuntimeError(f"SQL sink {engine.url.render_as_string(hide_password=True)} table {sink.table}: {err}") from None
+    finally:
+        engine.dispose()
+    log.info("upserted %d rows into %s", len(records), sink.table)
+    return len(records)

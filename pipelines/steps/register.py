@@ -1,0 +1,199 @@
+"""Register: log the model to the MLflow registry with its lineage, and run the promotion gate.
+
+Every registered version gets the alias ``challenger``. It becomes
+``champion`` only when :func:`pipelines.promotion.decide` says so (or a manual
+run forces it, with a reason); the decision, its reasons and a model card are
+recorded on the version, and the move in the promotion log. The previous
+champion stays registered: ``python -m pipelines rollback`` restores it.
+Aliases, never stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.config import Params
+from pipelines.promotion import CHALLENGER, CHAMPION, alias_version, decide, model_card, record_move
+from pipelines.settings import REPO_ROOT
+from pipelines.steps.preprocess import load_manifest
+from pipelines.tracking import Tracking, code_revision, get_or_create_run, use_tracking
+
+log = logging.getLogger(__name__)
+
+
+
+# What the pyfunc model needs when it is loaded: Keras and TensorFlow (the model), pandas and NumPy
+# (the frame conversion) and pydantic and PyYAML (pipelines.config); the pipelines code travels
+# with the model (code_paths). Naming them skips MLflow's inference of the requirements, which
+# loads the model again in a new interpreter (about 15 s of a register task) and listed whatever
+# that interpreter had imported, the project's own unpublished package among them.
+_SERVING_PACKAGES = (("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",), ("pandas",), ("pydantic",), ("pyyaml",), ("cloudpickle",))
+
+
+def serving_requirements() -> list[str]:
+    """Pinned requirements of the served model, from the installed versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow
+
+    pins = [f"mlflow=={mlflow.__version__}"]
+    for alternatives in _SERVING_PACKAGES:
+        for name in alternatives:
+            try:
+                pins.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return pins
+
+
+def _input_example(params: Params, processed_dir: Path) -> pd.DataFrame:
+    manifest = load_manifest(processed_dir)
+    holdout = pd.read_parquet(manifest["splits"]["holdout"]["parquet"], columns=list(params.dataset.features.all))
+    sample = holdout.dropna().head(5)
+    if sample.empty:
+        sample = holdout.head(5)
+    # Raw dtypes as collected (int columns stay long): the signature then matches what serving reads.
+    return sample.reset_index(drop=True)
+
+
+def register(
+    params: Params,
+    processed_dir: Path,
+    model_path: Path,
+    evaluation: dict[str, Any],
+    tracking: Tracking,
+    lineage: dict[str, str],
+    work_dir: Path,
+    log_dir: Path,
+    force_reason: str | None = None,
+) -> dict[str, Any]:
+    """Log the pyfunc model in the pipeline run, register a version, run the promotion gate.
+
+    Args:
+        evaluation: the result of :func:`pipelines.steps.evaluate.evaluate`.
+        lineage: extra tags for the version (DAG id, run id, data version, ...).
+        work_dir: scratch for the files logged beside the model (model card, feature spec).
+        log_dir: where the promotion log lives.
+        force_reason: promote whatever the gate says, for this stated reason.
+
+    Returns:
+        Model name, version, URI, aliases, and why the champion alias moved or not.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from pipelines.model.pyfunc import FlightDelayModel
+
+    name = params.register_.model_name
+    run_id = get_or_create_run(tracking)
+    client = mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    manifest = load_manifest(processed_dir)
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = work_dir / "feature_spec.json"
+    spec_file.write_text(
+        json.dumps(
+            {
+                "numeric": list(params.dataset.features.numeric),
+                "categorical": list(params.dataset.features.categorical),
+                "batch_size": params.predict.batch_rows,
+            }
+        )
+    )
+    example = _input_example(params, processed_dir)
+    python_model = FlightDelayModel()
+    signature = infer_signature(example, pd.DataFrame({"delay_probability": [0.5] * len(example)}))
+    with use_tracking(tracking.tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts={"keras_model": str(model_path), "feature_spec": str(spec_file)},
+            code_paths=[str(REPO_ROOT / "pipelines")],
+            signature=signature,
+            input_example=example,
+            pip_requirements=serving_requirements(),
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    # Drift monitoring compares against this version's own training sample and probabilities.
+    from pipelines.steps.monitor import REFERENCE_ARTIFACT_DIR, REFERENCE_URI_TAG, write_reference
+
+    reference = write_reference(params, Path(manifest["splits"]["train"]["parquet"]), model_path, work_dir / "monitoring")
+    client.log_artifact(run_id, str(reference), REFERENCE_ARTIFACT_DIR)
+    client.set_model_version_tag(name, version, REFERENCE_URI_TAG, f"runs:/{run_id}/{REFERENCE_ARTIFACT_DIR}/{reference.name}")
+
+    full = json.loads(Path(evaluation["evaluation_path"]).read_text())
+    auc = float(full["challenger"]["overall"]["auc"])
+    tags = {
+        "lineage.code_revision": code_revision(),
+        "lineage.data_fingerprint": manifest["data_fingerprint"],
+        "lineage.raw_fingerprint": manifest["raw_fingerprint"],
+        "lineage.window_end": manifest["window_end"],
+        "lineage.mlflow_run_id": run_id,
+        "metrics.holdout_auc": f"{auc:.6f}",
+        "metrics.baseline_holdout_auc": f"{float(full['baseline']['overall']['auc']):.6f}",
+        **{f"lineage.{k}": str(v) for k, v in lineage.items()},
+        **{f"params.{k}": str(v) for k, v in params.model_dump(by_alias=True)["train"].items()},
+    }
+    if full.get("champion"):
+        tags["metrics.champion_holdout_auc"] = f"{float(full['champion']['overall']['auc']):.6f}"
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+
+    decision = decide(full, params.register_, force_reason)
+    previous = alias_version(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    aliases = [CHALLENGER]
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        aliases.append(CHAMPION)
+    client.set_model_version_tag(name, version, "promotion.decision", decision.summary[:5000])
+    client.set_model_version_tag(name, version, "promotion.previous_champion", previous or "none")
+    client.set_model_version_tag(name, version, "promotion.forced", str(decision.forced).lower())
+    record_move(
+        client,
+        name,
+        version,
+        action=("force-promote" if decision.forced else "promote") if decision.promote else "refuse",
+        previous=previous,
+        reason=decision.summary,
+        run=f"{lineage.get('dag_id', '')}/{lineage.get('run_id', '')}",
+        metrics={"auc": auc},
+        log_dir=log_dir,
+    )
+    card = work_dir / "model_card.md"
+    card.write_text(
+        model_card(
+            name,
+            version,
+            full,
+            decision,
+            {k.removeprefix("lineage."): v for k, v in tags.items() if k.startswith("lineage.")},
+            {"numeric": list(params.dataset.features.numeric), "categorical": list(params.dataset.features.categorical)},
+            f"{params.dataset.label.source_column} {params.dataset.label.operator} {params.dataset.label.threshold:g}, "
+            f"missing counts as {params.dataset.label.missing}",
+        ),
+        encoding="utf-8",
+    )
+    client.log_artifact(run_id, str(card), f"model_card/v{version}")
+    client.update_model_version(name, version, description=decision.summary[:5000])
+    client.set_tag(run_id, "registered_model_version", version)
+    client.set_tag(run_id, "promotion.decision", decision.summary[:5000])
+    log.info("registered %s version %s (%s); %s", name, version, ", ".join(aliases), decision.summary)
+    return {
+        "model_name": name,
+        "model_version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "aliases": aliases,
+        "promoted": decision.promote,
+        "decision": decision.summary,
+        "previous_champion": previous,
+        "mlflow_run_id": run_id,
+        "model_card": str(card),
+    }

@@ -1,0 +1,269 @@
+"""Train: fit the Keras model on the streamed training split, logging to MLflow.
+
+The model's preprocessing part (lookups, imputation, scaling, derived
+features) runs in the tf.data pipeline; the core model (embeddings, dense
+layers) is built inside the distribution strategy and fitted on its outputs,
+so multi-device training never sees a string tensor. The two are then
+composed into the full model (raw features in, probability out), which is
+what ``model.keras`` holds.
+
+Checkpoints go to the run's own folder (Keras ``BackupAndRestore``, the
+previous epoch's kept too), so a retried task resumes from its last completed
+epoch, or the one before when a kill left the last checkpoint half-written. Early stopping watches
+the validation AUC and restores the best weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.steps.preprocess import STATS_FILE, load_manifest
+from pipelines.tracking import Tracking, get_or_create_run
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+
+
+def _mlflow_epoch_callback(client: Any, run_id: str):
+    import keras
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        """Per-epoch metrics into the MLflow run, with the epoch as the step."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items()]
+            if metrics:
+                client.log_batch(run_id, metrics=metrics)
+
+    return MlflowEpochLogger()
+
+
+def _epoch_log_callback(epochs: int):
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        """One log line per epoch (to the task log), instead of Keras' progress output on stdout."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            metrics = ", ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items())
+            log.info("epoch %d/%d (%.1fs): %s", epoch + 1, epochs, time.perf_counter() - self.started, metrics)
+
+    return EpochLogger()
+
+
+def _flat_params(params: Params) -> dict[str, str]:
+    out = {}
+    for section in ("train", "preprocess"):
+        for k, v in params.model_dump(by_alias=True)[section].items():
+            if isinstance(v, dict):
+                for k2, v2 in v.items():
+                    out[f"{section}.{k}.{k2}"] = str(v2)
+            else:
+                out[f"{section}.{k}"] = str(v)
+    return out
+
+
+def load_boundaries(params: Params, processed_dir: Path, stats: dict[str, Any]) -> dict[str, list[float]] | None:
+    """Quantile bucket boundaries of the numeric features, from the training split only.
+
+    From the quantiles preprocessing stored in ``stats.json``; processed data of
+    earlier versions has none, and is read from its training split instead.
+    """
+    from pipelines.model.network import boundaries_from_quantiles, bucket_boundaries
+
+    buckets = params.train.numeric_buckets
+    if not buckets:
+        return None
+    if "quantiles" in stats:
+        return boundaries_from_quantiles(stats["quantiles"], buckets)
+    import pandas as pd
+
+    from pipelines.config import FeatureSpec
+    from pipelines.model.features import to_model_inputs
+
+    numeric = params.dataset.features.numeric
+    frame = pd.read_parquet(load_manifest(processed_dir)["splits"]["train"]["parquet"], columns=list(numeric))
+    values = to_model_inputs(frame, FeatureSpec(numeric=numeric, categorical=()))  # as the model will see them
+    return bucket_boundaries(values, buckets)
+
+
+def cache_plan(mode: str, rows: int, bytes_per_row: int, memory_mb: int) -> str:
+    """Where the input pipeline caches a split of ``rows`` rows: ``memory``, ``disk`` or ``off``.
+
+    ``auto`` keeps it in memory while the estimate fits in ``memory_mb``, on disk beyond.
+    """
+    if mode != "auto":
+        return mode
+    return "memory" if rows * bytes_per_row <= memory_mb * 2**20 else "disk"
+
+
+def _cached_bytes_per_row(preprocessing: Any) -> int:
+    """Bytes of one preprocessed row in the cache: the model's input tensors, and the label."""
+    from pipelines.model.network import IDS, NUMERIC
+
+    width = {k: int(v.shape[-1]) for k, v in preprocessing.output.items()}
+    return 4 * width[NUMERIC] + 8 * width[IDS] + 8
+
+
+def _batch_size(rows: int, global_batch: int, replicas: int) -> int:
+    """The global batch or, for a split smaller than it, the largest multiple of the replicas in it.
+
+    Keras' TF trainer reduces the first batch across the replicas to build the
+    model, which fails unless every replica gets as many rows of it.
+    """
+    if rows >= global_batch or replicas == 1:
+        return global_batch
+    return max(replicas, rows - rows % replicas)
+
+
+def fit_model(
+    params: Params,
+    processed_dir: Path,
+    hardware: Any,
+    callbacks: list[Any] | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[Any, dict[str, list[float]], float]:
+    """Fit the core model on the preprocessed training split and compose the full model.
+
+    Args:
+        params: the parsed params (``train`` section: epochs, batch size, ...).
+        processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
+        hardware: from :func:`pipelines.model.network.select_hardware`; the global
+            batch is ``train.batch_size`` per replica times the replicas.
+        callbacks: Keras callbacks besides early stopping (checkpoints, logging).
+        cache_dir: where a disk cache (``train.cache``) goes, in a folder of its own
+            removed when fitting ends; None: the system's temporary folder.
+
+    Returns:
+        The full model (raw features in, probability out), the fit history and
+        the seconds spent fitting.
+    """
+    import keras
+
+    from pipelines.model.network import build_core_model, build_preprocessing, compose_model
+    from pipelines.model.tfdata import make_dataset
+
+    cfg = params.train
+    manifest = load_manifest(processed_dir)
+    stats = json.loads((processed_dir / STATS_FILE).read_text())
+    replicas = hardware.strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
+
+    splits = manifest["splits"]
+    boundaries = load_boundaries(params, processed_dir, stats)
+    preprocessing = build_preprocessing(params.dataset, stats, cfg, boundaries)  # outside the strategy: no variables
+    row_bytes = _cached_bytes_per_row(preprocessing)
+    if cache_dir is not None:  # what a killed attempt left: tf.data refuses a cache it did not finish
+        for stale in Path(cache_dir).glob("tfdata-cache-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    cache_files = Path(tempfile.mkdtemp(prefix="tfdata-cache-", dir=cache_dir))
+
+    def dataset(split: str, **kwargs: Any):
+        plan = cache_plan(cfg.cache, splits[split]["rows"], row_bytes, cfg.cache_memory_mb)
+        log.info("%s split: %d rows, cache %s (train.cache: %s)", split, splits[split]["rows"], plan, cfg.cache)
+        return make_dataset(
+            splits[split]["tfrecords"],
+            params.dataset,
+            _batch_size(splits[split]["rows"], global_batch, replicas),
+            compression=params.preprocess.compression,
+            rows_per_record=params.preprocess.rows_per_record,
+            deterministic=cfg.deterministic,
+            cache={"memory": True, "off": False, "disk": str(cache_files / split)}[plan],
+            preprocess=preprocessing,
+            **kwargs,
+        )
+
+    train_ds = dataset("train", shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    val_ds = dataset("validation")
+    with hardware.strategy.scope():
+        core = build_core_model(preprocessing, cfg, steps_per_epoch=-(-splits["train"]["rows"] // global_batch))
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
+    )
+    started = time.perf_counter()
+    try:
+        history = core.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
+            verbose=0,
+        )
+    finally:
+        shutil.rmtree(cache_files, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    return compose_model(preprocessing, core), history.history, seconds
+
+
+def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracking) -> dict[str, Any]:
+    """Fit the model on ``processed_dir``'s shards; save it to ``model_dir``.
+
+    Args:
+        params: the parsed params (``train`` section: epochs, batch size, ...).
+        processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
+        model_dir: the run's model folder: checkpoints and ``model.keras``.
+        tracking: the MLflow run to log into.
+
+    Returns:
+        The MLflow run id, the model path, the epochs run and the best validation AUC.
+    """
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from pipelines.model.network import select_hardware
+
+    cfg = params.train
+    manifest = load_manifest(processed_dir)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    hardware = select_hardware(cfg.mixed_precision)
+
+    run_id = get_or_create_run(tracking)
+    client = mlflow.MlflowClient(tracking.tracking_uri)
+    logged = set(client.get_run(run_id).data.params)  # params are immutable: a retry logs only new ones
+    new_params = {k: v for k, v in _flat_params(params).items() if k not in logged}
+    new_params.update({f"hardware.{k}": str(v) for k, v in hardware.as_dict().items() if f"hardware.{k}" not in logged})
+    if new_params:
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in new_params.items()])
+    client.set_tag(run_id, "data.fingerprint", manifest["data_fingerprint"])
+    client.set_tag(run_id, "data.raw_fingerprint", manifest["raw_fingerprint"])
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # double_checkpoint: the previous epoch's checkpoint is kept beside the last one, and read
+    # when the last cannot be (a process killed while writing it left it corrupt).
+    backup = keras.callbacks.BackupAndRestore(str(model_dir / "backup"), double_checkpoint=True)
+    callbacks = [backup, _mlflow_epoch_callback(client, run_id)]
+    model, history, seconds = fit_model(params, processed_dir, hardware, callbacks, cache_dir=model_dir)
+    model_path = model_dir / MODEL_FILE
+    model.save(model_path)
+    val_auc = history.get("val_auc", [float("nan")])
+    result = {
+        "mlflow_run_id": run_id,
+        "model_path": str(model_path),
+        "epochs_run": len(val_auc),
+        "best_val_auc": float(max(val_auc)),
+        "train_seconds": round(seconds, 2),
+        "hardware": hardware.as_dict(),
+    }
+    client.log_metric(run_id, "train_seconds", seconds)
+    client.log_metric(run_id, "best_val_auc", result["best_val_auc"])
+    (model_dir / "history.json").write_text(json.dumps(history, indent=1))
+    log.info("trained %d epoch(s) in %.1fs, best val AUC %.4f", result["epochs_run"], seconds, result["best_val_auc"])
+    return result
