@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
 
-.PHONY: install pipeline test lint airflow-ui mlflow-ui clean
+.PHONY: install pipeline test test-fast lint airflow-ui mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -29,13 +29,20 @@ pipeline: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The inner loop: the unit, data and model layers (no Airflow run, no server started by the DAGs).
+test-fast: install
+	$(PY) -m pytest tests/unit tests/data tests/model $(PYTEST_ARGS)
+
 # The benchmark suite (not tests: nothing is asserted, CI times nothing); tables in benchmarks/results/.
 .PHONY: bench
 bench: install
 	$(PY) -m benchmarks $(if $(ONLY),--only $(ONLY))
 
+LINT_PATHS := pipelines dags plugins tests benchmarks
+
 lint: install
-	$(VENV)/bin/ruff check pipelines dags plugins tests
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 airflow-ui: install
 	$(PY) -m pipelines.ops.local airflow-ui
