@@ -25,7 +25,8 @@ def prepared(scale: int, end: dt.date = END) -> tuple[Path, Path]:
     """``(params file, processed folder)`` of the year ending on ``end``, grown ``scale`` times."""
     from benchmarks.scaling import scaled_params
     from pipelines.config import load_params
-    from pipelines.steps.collect import fetch_day, partition_path, training_window, write_partition
+    from pipelines.data.partitions import partition_path, write_partition
+    from pipelines.steps.collect import fetch_day, training_window
     from pipelines.steps.preprocess import MANIFEST_FILE, preprocess
 
     root = bench_root() / f"prepared-x{scale}-{end.isoformat()}"

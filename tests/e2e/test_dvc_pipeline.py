@@ -118,8 +118,9 @@ def test_each_run_records_a_dataset_version(versioned_runs) -> None:
 
 def test_fresh_clone_pulls_byte_identical_data(versioned_runs, tmp_path) -> None:
     from pipelines.config import load_params
+    from pipelines.data.partitions import partition_path
     from pipelines.model.features import files_fingerprint
-    from pipelines.steps.collect import partition_path, training_window
+    from pipelines.steps.collect import training_window
     from pipelines.steps.version import restore_dataset_version
 
     for i, v in enumerate(_versions(versioned_runs["runs"])):

