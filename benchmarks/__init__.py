@@ -1,1 +1,1 @@
-"""Benchmark scripts (see benchmarks/README.md); not tests: nothing here asserts a time."""
+"""Benchmark scripts (figures and commands in docs/benchmarks.md); not tests: nothing here asserts a time."""
