@@ -17,14 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import (
-    DatasetConfig,
-    EvaluateConfig,
-    PredictConfig,
-    RegisterConfig,
-    SqlSink,
-    ValidateConfig,
-)
+from pipelines.config import Params, SqlSink
 from pipelines.data.partitions import partition_dir
 from pipelines.model.features import frame_fingerprint
 from pipelines.steps.collect import available_days, fetch_day, source_date
@@ -59,20 +52,6 @@ def batch_predict(
     The rows to score pass the same validation gate as training data, on the
     key and feature columns: a schema problem or a ``stop`` finding quarantines
     them and stops the step before the model is loaded.
-
-    Args:
-        dataset: the source, key, time and feature columns.
-        validate_cfg: the gate the rows to score pass (and ``rows_per_day``, the most a day may hold).
-        evaluate_cfg: its ``threshold`` turns probabilities into ``predicted_delayed``.
-        register_cfg: its ``model_name`` is the registered model scored with.
-        cfg: the ``predict`` section: batch size and the optional SQL sink.
-        run_day: the run's data day; the day after it is scored.
-        predictions_dir: where the daily prediction partitions go.
-        tracking_uri: the MLflow tracking and registry URI.
-        report_dir: the input validation's report.
-        quarantine_dir: where rejected inputs are kept.
-        reference: the training data's reference statistics for the gate.
-        alias: the registry alias scored with.
 
     Returns:
         The partition written, its row count, the model version and the input fingerprint.
