@@ -43,5 +43,5 @@ def prepared(scale: int, end: dt.date = END) -> tuple[Path, Path]:
         path = partition_path(raw, day)
         if not path.exists():
             write_partition(fetch_day(params.dataset, day), path, params.dataset.key_columns)
-    preprocess(params, raw, end, processed)
+    preprocess(params.dataset, params.preprocess, raw, end, processed)
     return params_file, processed

@@ -60,7 +60,7 @@ def _setup(params_file: str, processed: str):
     hardware = select_hardware(False)
     manifest = load_manifest(Path(processed))
     stats = json.loads((Path(processed) / STATS_FILE).read_text())
-    boundaries = load_boundaries(params, Path(processed), stats)
+    boundaries = load_boundaries(params.dataset, params.train, Path(processed), stats)
     preprocessing = build_preprocessing(params.dataset, stats, params.train, boundaries)
     return params, hardware, manifest, preprocessing
 
@@ -134,7 +134,7 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=processed) as cache_dir:  # a disk cache beside the data, as in a run
-            _, _, seconds = fit_model(params, Path(processed), select_hardware(False), cache_dir=Path(cache_dir))
+            _, _, seconds = fit_model(params.dataset, params.preprocess, params.train, Path(processed), select_hardware(False), cache_dir=Path(cache_dir))
     else:
         import keras
         import numpy as np

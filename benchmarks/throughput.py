@@ -47,7 +47,7 @@ def _model(params_file: Path, processed: Path) -> Path:
     from pipelines.steps.train import fit_model
 
     params = load_params(params_file).with_overrides({"train.epochs": 1})
-    model, _, _ = fit_model(params, processed, select_hardware(False))
+    model, _, _ = fit_model(params.dataset, params.preprocess, params.train, processed, select_hardware(False))
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     spec = out / "feature_spec.json"

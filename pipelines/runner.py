@@ -183,8 +183,9 @@ def run_preprocess(ctx: RunContext) -> dict[str, Any]:
     from pipelines.steps.collect import source_date
     from pipelines.steps.preprocess import preprocess
 
-    end = source_date(ctx.params.dataset, ctx.run_day)
-    manifest = preprocess(ctx.params, ctx.settings.raw_dir, end, ctx.run_dir / "processed")
+    params = ctx.params
+    end = source_date(params.dataset, ctx.run_day)
+    manifest = preprocess(params.dataset, params.preprocess, ctx.settings.raw_dir, end, ctx.run_dir / "processed")
     return {
         "processed_dir": str(ctx.run_dir / "processed"),
         "data_fingerprint": manifest["data_fingerprint"],
@@ -251,6 +252,7 @@ def run_version_data(
             "set MLOPS_DATA_DIR inside it, MLOPS_DVC_REPO around it, or MLOPS_VERSIONING=off"
         )
     end = source_date(ctx.params.dataset, ctx.run_day)
+    params = ctx.params
     note = f"{ctx.dag_id} run {ctx.run_id}"
     with versioning.dvc_lock(repo):
         versioning.ensure_dvc(repo)
@@ -286,9 +288,18 @@ def run_version_data(
 
 @in_step_worker
 def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = ctx.params
     from pipelines.steps.train import train
 
-    result = train(ctx.params, Path(processed["processed_dir"]), ctx.run_dir / "model", ctx.tracking)
+    params = ctx.params
+    result = train(
+        params.dataset,
+        params.preprocess,
+        params.train,
+        Path(processed["processed_dir"]),
+        ctx.run_dir / "model",
+        ctx.tracking,
+    )
     if validated is not None:
         from pipelines.tracking import log_validation
 
@@ -300,8 +311,13 @@ def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, A
 def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     from pipelines.steps.evaluate import evaluate
 
+    params = ctx.params
     return evaluate(
-        ctx.params,
+        params.dataset,
+        params.preprocess,
+        params.train,
+        params.evaluate,
+        params.register_,
         Path(processed["processed_dir"]),
         Path(trained["model_path"]),
         ctx.run_dir / "evaluation",
@@ -332,7 +348,11 @@ def run_register(
     else:
         lineage["dataset_git_rev"] = "not versioned (MLOPS_VERSIONING=off)"
     return register(
-        ctx.params,
+        params.dataset,
+        params.train,
+        params.predict,
+        params.register_,
+        params.monitor,
         Path(processed["processed_dir"]),
         Path(trained["model_path"]),
         evaluation,
@@ -350,7 +370,11 @@ def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
     from pipelines.steps.validate import load_reference
 
     return batch_predict(
-        ctx.params,
+        params.dataset,
+        params.validate_,
+        params.evaluate,
+        params.register_,
+        params.predict,
         ctx.run_day,
         ctx.settings.predictions_dir,
         ctx.settings.tracking_uri,

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import DatasetConfig, EvaluateConfig, Params
+from pipelines.config import (
+    BaselineConfig,
+    DatasetConfig,
+    EvaluateConfig,
+    PreprocessConfig,
+    RegisterConfig,
+    TrainConfig,
+)
 from pipelines.model.features import LABEL
 from pipelines.steps.preprocess import load_manifest, read_sample
 from pipelines.tracking import Tracking, get_or_create_run, use_tracking
@@ -68,18 +75,25 @@ def _passive_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def fit_baseline(train: pd.DataFrame, params: Params):
-    """A ``HistGradientBoostingClassifier`` on the raw features (native categorical support)."""
+def fit_baseline(train: pd.DataFrame, dataset: DatasetConfig, cfg: BaselineConfig, seed: int):
+    """A ``HistGradientBoostingClassifier`` on the raw features (native categorical support).
+
+    Args:
+        train: the (sampled) training rows.
+        dataset: the feature spec.
+        cfg: ``evaluate.baseline``.
+        seed: ``train.seed``, so the baseline is as reproducible as the model.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    spec, cfg = params.dataset, params.evaluate.baseline
+    spec = dataset
     categories = {c: sorted(train[c].astype("string").fillna("").unique()) for c in spec.features.categorical}
     model = HistGradientBoostingClassifier(
         max_iter=cfg.max_iter,
         learning_rate=cfg.learning_rate,
         max_leaf_nodes=cfg.max_leaf_nodes,
         categorical_features="from_dtype",
-        random_state=params.train.seed,
+        random_state=seed,
     )
     model.fit(_baseline_frame(train, spec, categories), train[LABEL].to_numpy())
     return model, categories
@@ -87,9 +101,9 @@ def fit_baseline(train: pd.DataFrame, params: Params):
 
 def slice_keys(frame: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, pd.Series]:
     """The slicing columns: each configured column, plus hour-of-day buckets."""
-    keys = {col: frame[col].astype(str) for col in cfg.slice_columns if col in frame.columns}
+    keys = {col: frame[col].astype(str) for col in cfg.slice_columns}
     hb = cfg.hour_buckets
-    if hb.column in frame.columns:
+    if hb is not None:
         edges = list(hb.edges)
         labels = [f"{lo:02d}-{hi:02d}h" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
         keys["hour_bucket"] = pd.cut(frame[hb.column], bins=edges, right=False, labels=labels).astype(str)
@@ -166,12 +180,13 @@ def _plots(y: np.ndarray, curves: dict[str, np.ndarray], threshold: float, out_d
     return paths
 
 
-def _score_champion(params: Params, holdout: pd.DataFrame, tracking_uri: str) -> tuple[str | None, np.ndarray | None]:
+def _score_champion(
+    name: str, dataset: DatasetConfig, holdout: pd.DataFrame, tracking_uri: str
+) -> tuple[str | None, np.ndarray | None]:
     """The current champion's probabilities on the same holdout (None before the first promotion)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name = params.register_.model_name
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, "champion").version
@@ -179,16 +194,41 @@ def _score_champion(params: Params, holdout: pd.DataFrame, tracking_uri: str) ->
         return None, None
     with use_tracking(tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    proba = model.predict(holdout[list(params.dataset.features.all)])["delay_probability"].to_numpy()
+    proba = model.predict(holdout[list(dataset.features.all)])["delay_probability"].to_numpy()
     return str(version), np.asarray(proba, dtype=np.float32)
 
 
-def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Path, tracking: Tracking) -> dict[str, Any]:
+def evaluate(
+    dataset: DatasetConfig,
+    preprocess_cfg: PreprocessConfig,
+    train_cfg: TrainConfig,
+    cfg: EvaluateConfig,
+    register_cfg: RegisterConfig,
+    processed_dir: Path,
+    model_path: Path,
+    out_dir: Path,
+    tracking: Tracking,
+) -> dict[str, Any]:
     """Score the challenger, the current champion and a baseline on the same holdout.
 
     Overall and per-slice metrics for each, flagged slices, and ROC, precision-recall,
     reliability and confusion-matrix plots; all logged to the run's MLflow run and
     written to ``out_dir`` (``evaluation.json``, ``holdout_scores.parquet``, PNGs).
+
+    Args:
+        dataset: the feature spec, key and time columns.
+        preprocess_cfg: how the holdout shards were written (compression).
+        train_cfg: its ``seed`` seeds the baseline and its training sample.
+        cfg: the ``evaluate`` section: threshold, baseline, slices.
+        register_cfg: its ``model_name`` names the champion scored beside the challenger.
+        processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
+        model_path: the challenger's ``model.keras``.
+        out_dir: where the evaluation files go.
+        tracking: the MLflow run to log into.
+
+    Returns:
+        The MLflow run id, the path of ``evaluation.json``, the overall metrics of the
+        challenger, the baseline and the champion, and the flagged slices.
     """
     _passive_openmp()
     import mlflow
@@ -196,7 +236,7 @@ def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Pat
     from pipelines.model.network import load_model
     from pipelines.model.tfdata import make_dataset
 
-    spec, cfg, threshold = params.dataset, params.evaluate, params.evaluate.threshold
+    spec, threshold = dataset, cfg.threshold
     manifest = load_manifest(processed_dir)
     splits = manifest["splits"]
     holdout = pd.read_parquet(splits["holdout"]["parquet"])
@@ -204,18 +244,18 @@ def evaluate(params: Params, processed_dir: Path, model_path: Path, out_dir: Pat
 
     model = load_model(str(model_path))
     ds = make_dataset(
-        splits["holdout"]["tfrecords"], spec, 8192, compression=params.preprocess.compression
+        splits["holdout"]["tfrecords"], spec, 8192, compression=preprocess_cfg.compression
     ).map(lambda x, y: x)
     proba = np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
     if len(proba) != len(holdout):
         raise RuntimeError(f"holdout shards hold {len(proba)} rows, the holdout split {len(holdout)}")
     curves = {"challenger": proba}
 
-    train = read_sample(splits["train"]["parquet"], cfg.baseline.max_rows, params.train.seed)
-    baseline, categories = fit_baseline(train, params)
+    train = read_sample(splits["train"]["parquet"], cfg.baseline.max_rows, train_cfg.seed)
+    baseline, categories = fit_baseline(train, spec, cfg.baseline, train_cfg.seed)
     del train
     curves["baseline"] = baseline.predict_proba(_baseline_frame(holdout, spec, categories))[:, 1]
-    champion_version, champion_proba = _score_champion(params, holdout, tracking.tracking_uri)
+    champion_version, champion_proba = _score_champion(register_cfg.model_name, spec, holdout, tracking.tracking_uri)
     if champion_proba is not None:
         curves["champion"] = champion_proba
 

@@ -62,7 +62,9 @@ def reference_sample(train: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return train.reset_index(drop=True)
 
 
-def write_reference(params: Params, train_parquet: Path, model_path: Path, out_dir: Path) -> Path:
+def write_reference(
+    dataset: DatasetConfig, cfg: MonitorConfig, batch_rows: int, train_parquet: Path, model_path: Path, out_dir: Path
+) -> Path:
     """Write the monitoring reference of a model: a sample of its training split and its probabilities.
 
     The sample is read row group by row group (:func:`pipelines.steps.preprocess.read_sample`):
@@ -79,12 +81,9 @@ def write_reference(params: Params, train_parquet: Path, model_path: Path, out_d
     from pipelines.model.network import load_model, predict_proba
     from pipelines.steps.preprocess import read_sample
 
-    cfg = params.monitor
     sample = read_sample(train_parquet, cfg.reference_rows, cfg.seed)
     model = load_model(str(model_path))
-    sample[PROBABILITY] = predict_proba(
-        model, to_model_inputs(sample, params.dataset.features), params.predict.batch_rows
-    )
+    sample[PROBABILITY] = predict_proba(model, to_model_inputs(sample, dataset.features), batch_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REFERENCE_FILE
     sample.to_parquet(path, index=False)

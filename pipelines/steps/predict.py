@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Params, SqlSink
+from pipelines.config import (
+    DatasetConfig,
+    EvaluateConfig,
+    PredictConfig,
+    RegisterConfig,
+    SqlSink,
+    ValidateConfig,
+)
 from pipelines.data.partitions import partition_dir
 from pipelines.model.features import frame_fingerprint
 from pipelines.steps.collect import available_days, fetch_day, source_date
@@ -28,17 +35,21 @@ log = logging.getLogger(__name__)
 PREDICTION_FILE = "part-0.parquet"
 
 
-def next_day(params: Params, run_day: dt.date) -> dt.date | None:
+def next_day(dataset: DatasetConfig, run_day: dt.date) -> dt.date | None:
     """The source day after the run's day, or None past the end of a bounded source."""
-    day = source_date(params.dataset, run_day) + dt.timedelta(days=1)
-    bounds = available_days(params.dataset)
+    day = source_date(dataset, run_day) + dt.timedelta(days=1)
+    bounds = available_days(dataset)
     if bounds is not None and day > bounds[1]:
         return None
     return day
 
 
 def batch_predict(
-    params: Params,
+    dataset: DatasetConfig,
+    validate_cfg: ValidateConfig,
+    evaluate_cfg: EvaluateConfig,
+    register_cfg: RegisterConfig,
+    cfg: PredictConfig,
     run_day: dt.date,
     predictions_dir: Path,
     tracking_uri: str,
@@ -53,6 +64,20 @@ def batch_predict(
     key and feature columns: a schema problem or a ``stop`` finding quarantines
     them and stops the step before the model is loaded.
 
+    Args:
+        dataset: the source, key, time and feature columns.
+        validate_cfg: the gate the rows to score pass (and ``rows_per_day``, the most a day may hold).
+        evaluate_cfg: its ``threshold`` turns probabilities into ``predicted_delayed``.
+        register_cfg: its ``model_name`` is the registered model scored with.
+        cfg: the ``predict`` section: batch size and the optional SQL sink.
+        run_day: the run's data day; the day after it is scored.
+        predictions_dir: where the daily prediction partitions go.
+        tracking_uri: the MLflow tracking and registry URI.
+        report_dir: the input validation's report.
+        quarantine_dir: where rejected inputs are kept.
+        reference: the training data's reference statistics for the gate.
+        alias: the registry alias scored with.
+
     Returns:
         The partition written, its row count, the model version and the input fingerprint.
 
@@ -63,19 +88,19 @@ def batch_predict(
 
     from pipelines.steps.validate import ValidationFailed, validate_frame
 
-    spec = params.dataset
-    name = params.register_.model_name
-    day = next_day(params, run_day)
+    spec = dataset
+    name = register_cfg.model_name
+    day = next_day(dataset, run_day)
     if day is None:
         log.warning("no day after %s in the source: nothing to score", run_day)
         return {"rows": 0, "path": None, "day": None}
 
     columns = list(dict.fromkeys([*spec.key_columns, spec.time_column, *spec.features.all]))
-    raw = fetch_day(spec, day, max_rows=params.validate_.rows_per_day[1])
+    raw = fetch_day(spec, day, max_rows=validate_cfg.rows_per_day[1])
     # Only what is known before departure goes on: outcome columns are dropped unread.
     frame = raw[[c for c in raw.columns if c in columns]]
     report = validate_frame(
-        frame, spec, params.validate_, report_dir, first_day=day, last_day=day, columns=columns, reference=reference
+        frame, spec, validate_cfg, report_dir, first_day=day, last_day=day, columns=columns, reference=reference
     )
     log.info("input validation %s; data docs: %s", report.summary(), report.data_docs)
     if not report.success:
@@ -98,22 +123,22 @@ def batch_predict(
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
 
     scores = []
-    step = params.predict.batch_rows
+    step = cfg.batch_rows
     for lo in range(0, len(frame), step):
         part = frame.iloc[lo : lo + step]
         scores.append(model.predict(part[list(spec.features.all)])["delay_probability"].to_numpy())
     proba = pd.Series(np.concatenate(scores) if scores else [], dtype="float32", index=frame.index)
     out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
     out["delay_probability"] = proba
-    out["predicted_delayed"] = proba >= params.evaluate.threshold
+    out["predicted_delayed"] = proba >= evaluate_cfg.threshold
     out["model_name"] = name
     out["model_version"] = str(version)
     out["model_alias"] = alias
     out["input_fingerprint"] = fingerprint
     out["scored_at"] = pd.Timestamp.now(tz="UTC")
 
-    if params.predict.sink is not None:
-        upsert(out, params.predict.sink, list(spec.key_columns))
+    if cfg.sink is not None:
+        upsert(out, cfg.sink, list(spec.key_columns))
     path = partition_dir(predictions_dir, day) / PREDICTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

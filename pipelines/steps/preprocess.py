@@ -342,7 +342,7 @@ def _output_schema(window_schema: Any, columns: list[str]) -> Any:
     return pa.schema(fields)
 
 
-def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -> dict[str, Any]:
+def preprocess(dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end_day: dt.date, out_dir: Path) -> dict[str, Any]:
     """Build the training, validation and holdout sets of the window ending on ``end_day``.
 
     The window is read in parts of whole days (``preprocess.chunk_rows`` rows
@@ -351,7 +351,8 @@ def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -
     The outputs are the same whatever the part size.
 
     Args:
-        params: the parsed params.
+        dataset: the data set: feature spec, label rule, key and time columns.
+        cfg: the ``preprocess`` section: window, splits, shards, part size.
         raw_dir: published partitions (``date=YYYY-MM-DD/part-0.parquet``).
         end_day: the last day of the window, in the source's calendar.
         out_dir: where splits, shards, ``stats.json`` and ``manifest.json`` go.
@@ -359,7 +360,7 @@ def preprocess(params: Params, raw_dir: Path, end_day: dt.date, out_dir: Path) -
     Returns:
         The manifest: row counts and days per split, the data fingerprints, the paths.
     """
-    spec, cfg = params.dataset, params.preprocess
+    spec = dataset
     days, paths = window_partitions(spec, raw_dir, end_day, cfg.training_window_days)
     rows = partition_rows(paths)
     # A partition holds its day's rows (the validation gate's interval rule): the split

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.config import Params
+from pipelines.config import DatasetConfig, MonitorConfig, PredictConfig, RegisterConfig, TrainConfig
 from pipelines.promotion import CHALLENGER, CHAMPION, alias_version, decide, model_card, record_move
 from pipelines.settings import REPO_ROOT
 from pipelines.steps.preprocess import load_manifest
@@ -52,9 +52,9 @@ def serving_requirements() -> list[str]:
     return pins
 
 
-def _input_example(params: Params, processed_dir: Path) -> pd.DataFrame:
+def _input_example(dataset: DatasetConfig, processed_dir: Path) -> pd.DataFrame:
     manifest = load_manifest(processed_dir)
-    holdout = pd.read_parquet(manifest["splits"]["holdout"]["parquet"], columns=list(params.dataset.features.all))
+    holdout = pd.read_parquet(manifest["splits"]["holdout"]["parquet"], columns=list(dataset.features.all))
     sample = holdout.dropna().head(5)
     if sample.empty:
         sample = holdout.head(5)
@@ -63,7 +63,11 @@ def _input_example(params: Params, processed_dir: Path) -> pd.DataFrame:
 
 
 def register(
-    params: Params,
+    dataset: DatasetConfig,
+    train_cfg: TrainConfig,
+    predict_cfg: PredictConfig,
+    cfg: RegisterConfig,
+    monitor_cfg: MonitorConfig,
     processed_dir: Path,
     model_path: Path,
     evaluation: dict[str, Any],
@@ -76,10 +80,18 @@ def register(
     """Log the pyfunc model in the pipeline run, register a version, run the promotion gate.
 
     Args:
+        dataset: the feature spec and label rule (the model's spec, signature and card).
+        train_cfg: recorded on the version as ``params.*`` tags.
+        predict_cfg: its ``batch_rows`` is the served model's batch size.
+        cfg: the ``register`` section: the model's name and the promotion gate's thresholds.
+        monitor_cfg: how the version's monitoring reference is sampled.
+        processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
+        model_path: the challenger's ``model.keras``.
         evaluation: the result of :func:`pipelines.steps.evaluate.evaluate`.
         lineage: extra tags for the version (DAG id, run id, data version, ...).
         work_dir: scratch for the files logged beside the model (model card, feature spec).
         log_dir: where the promotion log lives.
+        tracking: the pipeline run's MLflow run, where the model is logged.
         force_reason: promote whatever the gate says, for this stated reason.
 
     Returns:
@@ -90,7 +102,7 @@ def register(
 
     from pipelines.model.pyfunc import FlightDelayModel
 
-    name = params.register_.model_name
+    name = cfg.model_name
     run_id = get_or_create_run(tracking)
     client = mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
     manifest = load_manifest(processed_dir)
@@ -100,13 +112,13 @@ def register(
     spec_file.write_text(
         json.dumps(
             {
-                "numeric": list(params.dataset.features.numeric),
-                "categorical": list(params.dataset.features.categorical),
-                "batch_size": params.predict.batch_rows,
+                "numeric": list(dataset.features.numeric),
+                "categorical": list(dataset.features.categorical),
+                "batch_size": predict_cfg.batch_rows,
             }
         )
     )
-    example = _input_example(params, processed_dir)
+    example = _input_example(dataset, processed_dir)
     python_model = FlightDelayModel()
     signature = infer_signature(example, pd.DataFrame({"delay_probability": [0.5] * len(example)}))
     with use_tracking(tracking.tracking_uri), mlflow.start_run(run_id=run_id):
@@ -124,7 +136,10 @@ def register(
     # Drift monitoring compares against this version's own training sample and probabilities.
     from pipelines.steps.monitor import REFERENCE_ARTIFACT_DIR, REFERENCE_URI_TAG, write_reference
 
-    reference = write_reference(params, Path(manifest["splits"]["train"]["parquet"]), model_path, work_dir / "monitoring")
+    reference = write_reference(
+        dataset, monitor_cfg, predict_cfg.batch_rows, Path(manifest["splits"]["train"]["parquet"]), model_path,
+        work_dir / "monitoring",
+    )
     client.log_artifact(run_id, str(reference), REFERENCE_ARTIFACT_DIR)
     client.set_model_version_tag(name, version, REFERENCE_URI_TAG, f"runs:/{run_id}/{REFERENCE_ARTIFACT_DIR}/{reference.name}")
 
@@ -139,14 +154,14 @@ def register(
         "metrics.holdout_auc": f"{auc:.6f}",
         "metrics.baseline_holdout_auc": f"{float(full['baseline']['overall']['auc']):.6f}",
         **{f"lineage.{k}": str(v) for k, v in lineage.items()},
-        **{f"params.{k}": str(v) for k, v in params.model_dump(by_alias=True)["train"].items()},
+        **{f"params.{k}": str(v) for k, v in train_cfg.model_dump(by_alias=True).items()},
     }
     if full.get("champion"):
         tags["metrics.champion_holdout_auc"] = f"{float(full['champion']['overall']['auc']):.6f}"
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
 
-    decision = decide(full, params.register_, force_reason)
+    decision = decide(full, cfg, force_reason)
     previous = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]
@@ -175,9 +190,9 @@ def register(
             full,
             decision,
             {k.removeprefix("lineage."): v for k, v in tags.items() if k.startswith("lineage.")},
-            {"numeric": list(params.dataset.features.numeric), "categorical": list(params.dataset.features.categorical)},
-            f"{params.dataset.label.source_column} {params.dataset.label.operator} {params.dataset.label.threshold:g}, "
-            f"missing counts as {params.dataset.label.missing}",
+            {"numeric": list(dataset.features.numeric), "categorical": list(dataset.features.categorical)},
+            f"{dataset.label.source_column} {dataset.label.operator} {dataset.label.threshold:g}, "
+            f"missing counts as {dataset.label.missing}",
         ),
         encoding="utf-8",
     )

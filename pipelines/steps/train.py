@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params
+from pipelines.config import DatasetConfig, PreprocessConfig, TrainConfig
 from pipelines.steps.preprocess import STATS_FILE, load_manifest
 from pipelines.tracking import Tracking, get_or_create_run
 
@@ -65,10 +65,11 @@ def _epoch_log_callback(epochs: int):
     return EpochLogger()
 
 
-def _flat_params(params: Params) -> dict[str, str]:
+def _flat_params(cfg: TrainConfig, preprocess_cfg: PreprocessConfig) -> dict[str, str]:
+    """The ``train`` and ``preprocess`` sections as MLflow params, ``section.key[.subkey]``."""
     out = {}
-    for section in ("train", "preprocess"):
-        for k, v in params.model_dump(by_alias=True)[section].items():
+    for section, values in (("train", cfg), ("preprocess", preprocess_cfg)):
+        for k, v in values.model_dump(by_alias=True).items():
             if isinstance(v, dict):
                 for k2, v2 in v.items():
                     out[f"{section}.{k}.{k2}"] = str(v2)
@@ -77,7 +78,9 @@ def _flat_params(params: Params) -> dict[str, str]:
     return out
 
 
-def load_boundaries(params: Params, processed_dir: Path, stats: dict[str, Any]) -> dict[str, list[float]] | None:
+def load_boundaries(
+    dataset: DatasetConfig, cfg: TrainConfig, processed_dir: Path, stats: dict[str, Any]
+) -> dict[str, list[float]] | None:
     """Quantile bucket boundaries of the numeric features, from the training split only.
 
     From the quantiles preprocessing stored in ``stats.json``; processed data of
@@ -85,7 +88,7 @@ def load_boundaries(params: Params, processed_dir: Path, stats: dict[str, Any]) 
     """
     from pipelines.model.network import boundaries_from_quantiles, bucket_boundaries
 
-    buckets = params.train.numeric_buckets
+    buckets = cfg.numeric_buckets
     if not buckets:
         return None
     if "quantiles" in stats:
@@ -95,7 +98,7 @@ def load_boundaries(params: Params, processed_dir: Path, stats: dict[str, Any]) 
     from pipelines.config import FeatureSpec
     from pipelines.model.features import to_model_inputs
 
-    numeric = params.dataset.features.numeric
+    numeric = dataset.features.numeric
     frame = pd.read_parquet(load_manifest(processed_dir)["splits"]["train"]["parquet"], columns=list(numeric))
     values = to_model_inputs(frame, FeatureSpec(numeric=numeric, categorical=()))  # as the model will see them
     return bucket_boundaries(values, buckets)
@@ -131,7 +134,9 @@ def _batch_size(rows: int, global_batch: int, replicas: int) -> int:
 
 
 def fit_model(
-    params: Params,
+    dataset: DatasetConfig,
+    preprocess_cfg: PreprocessConfig,
+    cfg: TrainConfig,
     processed_dir: Path,
     hardware: Any,
     callbacks: list[Any] | None = None,
@@ -140,7 +145,9 @@ def fit_model(
     """Fit the core model on the preprocessed training split and compose the full model.
 
     Args:
-        params: the parsed params (``train`` section: epochs, batch size, ...).
+        dataset: the data set's feature spec.
+        preprocess_cfg: how the shards were written (compression, rows per record).
+        cfg: the ``train`` section: epochs, batch size, model shape, cache, seed.
         processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
         hardware: from :func:`pipelines.model.network.select_hardware`; the global
             batch is ``train.batch_size`` per replica times the replicas.
@@ -157,7 +164,6 @@ def fit_model(
     from pipelines.model.network import build_core_model, build_preprocessing, compose_model
     from pipelines.model.tfdata import make_dataset
 
-    cfg = params.train
     manifest = load_manifest(processed_dir)
     stats = json.loads((processed_dir / STATS_FILE).read_text())
     replicas = hardware.strategy.num_replicas_in_sync
@@ -165,8 +171,8 @@ def fit_model(
     log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
 
     splits = manifest["splits"]
-    boundaries = load_boundaries(params, processed_dir, stats)
-    preprocessing = build_preprocessing(params.dataset, stats, cfg, boundaries)  # outside the strategy: no variables
+    boundaries = load_boundaries(dataset, cfg, processed_dir, stats)
+    preprocessing = build_preprocessing(dataset, stats, cfg, boundaries)  # outside the strategy: no variables
     row_bytes = _cached_bytes_per_row(preprocessing)
     if cache_dir is not None:  # what a killed attempt left: tf.data refuses a cache it did not finish
         for stale in Path(cache_dir).glob("tfdata-cache-*"):
@@ -178,10 +184,10 @@ def fit_model(
         log.info("%s split: %d rows, cache %s (train.cache: %s)", split, splits[split]["rows"], plan, cfg.cache)
         return make_dataset(
             splits[split]["tfrecords"],
-            params.dataset,
+            dataset,
             _batch_size(splits[split]["rows"], global_batch, replicas),
-            compression=params.preprocess.compression,
-            rows_per_record=params.preprocess.rows_per_record,
+            compression=preprocess_cfg.compression,
+            rows_per_record=preprocess_cfg.rows_per_record,
             deterministic=cfg.deterministic,
             cache={"memory": True, "off": False, "disk": str(cache_files / split)}[plan],
             preprocess=preprocessing,
@@ -210,11 +216,20 @@ def fit_model(
     return compose_model(preprocessing, core), history.history, seconds
 
 
-def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracking) -> dict[str, Any]:
+def train(
+    dataset: DatasetConfig,
+    preprocess_cfg: PreprocessConfig,
+    cfg: TrainConfig,
+    processed_dir: Path,
+    model_dir: Path,
+    tracking: Tracking,
+) -> dict[str, Any]:
     """Fit the model on ``processed_dir``'s shards; save it to ``model_dir``.
 
     Args:
-        params: the parsed params (``train`` section: epochs, batch size, ...).
+        dataset: the data set's feature spec.
+        preprocess_cfg: how the shards were written; logged with ``cfg`` as the run's params.
+        cfg: the ``train`` section: epochs, batch size, model shape, cache, seed.
         processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
         model_dir: the run's model folder: checkpoints and ``model.keras``.
         tracking: the MLflow run to log into.
@@ -228,7 +243,6 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
 
     from pipelines.model.network import select_hardware
 
-    cfg = params.train
     manifest = load_manifest(processed_dir)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -238,7 +252,7 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     run_id = get_or_create_run(tracking)
     client = mlflow.MlflowClient(tracking.tracking_uri)
     logged = set(client.get_run(run_id).data.params)  # params are immutable: a retry logs only new ones
-    new_params = {k: v for k, v in _flat_params(params).items() if k not in logged}
+    new_params = {k: v for k, v in _flat_params(cfg, preprocess_cfg).items() if k not in logged}
     new_params.update({f"hardware.{k}": str(v) for k, v in hardware.as_dict().items() if f"hardware.{k}" not in logged})
     if new_params:
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in new_params.items()])
@@ -250,7 +264,9 @@ def train(params: Params, processed_dir: Path, model_dir: Path, tracking: Tracki
     # when the last cannot be (a process killed while writing it left it corrupt).
     backup = keras.callbacks.BackupAndRestore(str(model_dir / "backup"), double_checkpoint=True)
     callbacks = [backup, _mlflow_epoch_callback(client, run_id)]
-    model, history, seconds = fit_model(params, processed_dir, hardware, callbacks, cache_dir=model_dir)
+    model, history, seconds = fit_model(
+        dataset, preprocess_cfg, cfg, processed_dir, hardware, callbacks, cache_dir=model_dir
+    )
     model_path = model_dir / MODEL_FILE
     model.save(model_path)
     val_auc = history.get("val_auc", [float("nan")])

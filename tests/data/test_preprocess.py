@@ -79,7 +79,7 @@ def processed(params: Params, tmp_path_factory: pytest.TempPathFactory) -> Proce
     raw = tmp_path_factory.mktemp("raw")
     _publish_days(params, raw, _days(FIRST, END))
     out = tmp_path_factory.mktemp("processed")
-    manifest = preprocess(params, raw, END, out)
+    manifest = preprocess(params.dataset, params.preprocess, raw, END, out)
     stats = json.loads((out / STATS_FILE).read_text(encoding="utf-8"))
     return Processed(params, raw, out, manifest, stats)
 
@@ -138,7 +138,7 @@ def test_manifest_and_stats_are_written(processed: Processed) -> None:
 
 
 def test_preprocess_is_deterministic(processed: Processed, tmp_path: Path) -> None:
-    again = preprocess(processed.params, processed.raw, END, tmp_path / "again")
+    again = preprocess(processed.params.dataset, processed.params.preprocess, processed.raw, END, tmp_path / "again")
     assert again["data_fingerprint"] == processed.manifest["data_fingerprint"]
     assert again["raw_fingerprint"] == processed.manifest["raw_fingerprint"]
     for name, info in processed.manifest["splits"].items():
@@ -149,7 +149,7 @@ def test_preprocess_in_parts_of_days_gives_the_same_outputs(processed: Processed
     """A window read a few days at a time (as at scale) gives the rows, stats and shards of one read."""
     params = processed.params.with_overrides({"preprocess.chunk_rows": 2000})  # about two June days a part
     out = tmp_path / "parts"
-    manifest = preprocess(params, processed.raw, END, out)
+    manifest = preprocess(params.dataset, params.preprocess, processed.raw, END, out)
     for name, info in processed.manifest["splits"].items():
         part_info = manifest["splits"][name]
         assert part_info["fingerprint"] == info["fingerprint"], name
@@ -230,7 +230,7 @@ def test_stored_quantiles_give_the_bucket_boundaries_of_the_train_split(processe
 
 def test_quantiles_come_from_a_sample_of_a_large_train_split(processed: Processed, tmp_path: Path) -> None:
     params = processed.params.with_overrides({"preprocess.quantile_sample_rows": 2000})
-    preprocess(params, processed.raw, END, tmp_path / "out")
+    preprocess(params.dataset, params.preprocess, processed.raw, END, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / STATS_FILE).read_text(encoding="utf-8"))
     assert stats["rows"] == processed.stats["rows"] > 2000
     assert stats["quantile_sample_rows"] == 2000
@@ -262,7 +262,7 @@ def test_stats_ignore_validation_and_holdout_rows(processed: Processed, tmp_path
     raw = _raw_copy(processed, tmp_path / "raw")
     later = _days(END - dt.timedelta(days=VALIDATION_DAYS + HOLDOUT_DAYS - 1), END)
     _rewrite(raw, later, _distort)
-    manifest = preprocess(processed.params, raw, END, tmp_path / "out")
+    manifest = preprocess(processed.params.dataset, processed.params.preprocess, raw, END, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / STATS_FILE).read_text(encoding="utf-8"))
     assert stats == processed.stats
     assert manifest["splits"]["train"]["fingerprint"] == processed.manifest["splits"]["train"]["fingerprint"]
@@ -273,7 +273,7 @@ def test_stats_follow_a_change_in_the_train_split(processed: Processed, tmp_path
     """The counterpart of the test above: the stats do see training rows."""
     raw = _raw_copy(processed, tmp_path / "raw")
     _rewrite(raw, [FIRST], _distort)
-    preprocess(processed.params, raw, END, tmp_path / "out")
+    preprocess(processed.params.dataset, processed.params.preprocess, raw, END, tmp_path / "out")
     stats = json.loads((tmp_path / "out" / STATS_FILE).read_text(encoding="utf-8"))
     assert stats["numeric"]["distance"]["mean"] > processed.stats["numeric"]["distance"]["mean"]
     assert "ZZ" in stats["vocabulary"]["carrier"]
@@ -287,7 +287,7 @@ def test_missing_day_of_the_window_is_a_clear_error(processed: Processed, tmp_pa
     raw = _raw_copy(processed, tmp_path / "raw")
     shutil.rmtree(partition_path(raw, dt.date(2013, 6, 10)).parent)
     with pytest.raises(PreprocessError) as err:
-        preprocess(processed.params, raw, END, tmp_path / "out")
+        preprocess(processed.params.dataset, processed.params.preprocess, raw, END, tmp_path / "out")
     msg = str(err.value)
     assert "1 day(s)" in msg
     assert "2013-06-10" in msg
@@ -301,7 +301,7 @@ def test_window_clipped_by_the_source_is_too_short(params: Params, tmp_path: Pat
     raw = tmp_path / "raw"
     _publish_days(params, raw, _days(dt.date(2013, 1, 1), end))
     with pytest.raises(PreprocessError) as err:
-        preprocess(params, raw, end, tmp_path / "out")
+        preprocess(params.dataset, params.preprocess, raw, end, tmp_path / "out")
     msg = str(err.value)
     assert "only 2 day(s)" in msg
     assert "min_train_days=7" in msg

@@ -87,7 +87,7 @@ def processed(params: Params, tmp_path_factory: pytest.TempPathFactory) -> tuple
         rows = table.loc[table["flight_date"] == pd.Timestamp(d), list(params.dataset.schema_)]
         write_partition(rows, partition_path(raw, d), params.dataset.key_columns)
     out = tmp_path_factory.mktemp("processed")
-    return out, preprocess(params, raw, END, out)
+    return out, preprocess(params.dataset, params.preprocess, raw, END, out)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def trained(
     out, manifest = processed
     stats = json.loads((out / STATS_FILE).read_text(encoding="utf-8"))
     keras.utils.set_random_seed(params.train.seed)
-    model, history, _ = fit_model(params, out, select_hardware(mixed_precision=False))
+    model, history, _ = fit_model(params.dataset, params.preprocess, params.train, out, select_hardware(mixed_precision=False))
     saved = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(saved)
     return Trained(params, out, manifest, stats, model, history, saved)
@@ -161,7 +161,7 @@ def test_disk_cache_trains_as_the_memory_cache_and_is_removed(
     params = trained.params.with_overrides({"train.cache": "disk"})
     keras.utils.set_random_seed(params.train.seed)
     _, history, _ = fit_model(
-        params, processed[0], select_hardware(mixed_precision=False), [CacheFiles()], cache_dir=tmp_path
+        params.dataset, params.preprocess, params.train, processed[0], select_hardware(mixed_precision=False), [CacheFiles()], cache_dir=tmp_path
     )
     assert len(seen) == 2 and all(any(n.startswith("train") for n in names) for names in seen), seen
     assert any(n.startswith("validation") for n in seen[0])
@@ -433,7 +433,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
             result["steps"] += 1
 
     try:
-        model, history, _ = fit_model(params, processed, hw, [CountSteps()])
+        model, history, _ = fit_model(params.dataset, params.preprocess, params.train, processed, hw, [CountSteps()])
         result["fit"], result["loss"] = "ok", float(history["loss"][-1])
         model.save(saved)
         holdout = pd.read_parquet(manifest["splits"]["holdout"]["parquet"])

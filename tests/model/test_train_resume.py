@@ -60,7 +60,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         day = FIRST + dt.timedelta(days=i)
         rows = table.loc[table["flight_date"] == pd.Timestamp(day), list(params.dataset.schema_)]
         write_partition(rows, partition_path(raw, day), params.dataset.key_columns)
-    preprocess(params, raw, END, root / "processed")
+    preprocess(params.dataset, params.preprocess, raw, END, root / "processed")
     return {"root": root, "params": params_path, "processed": root / "processed", "model": root / "model"}
 
 
