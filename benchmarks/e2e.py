@@ -38,7 +38,6 @@ import argparse
 import datetime as dt
 import json
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -80,23 +79,29 @@ def _label(cmd: list[str]) -> str | None:
     return None
 
 
-def _airflow_env(env: dict[str, str], code_dir: Path, port: int) -> dict[str, str]:
-    from pipelines.ops.local import airflow_env
+def _airflow_env(env: dict[str, str], code_dir: Path, port: int, worker_socket: Path | None) -> dict[str, str]:
+    """``env`` with the configuration of an Airflow under its ``MLOPS_HOME``, running the code in ``code_dir``.
+
+    With a ``worker_socket``, tasks hand their steps to the step worker listening there.
+    """
+    from pipelines.ops.environment import airflow_env
     from pipelines.settings import resolve
 
-    env = dict(env)
-    env.update(airflow_env(resolve(env)))
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(code_dir / "dags")
-    env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(code_dir / "plugins")
+    extra = {}
+    if worker_socket is not None:
+        extra["MLOPS_STEP_WORKER_SOCKET"] = str(worker_socket)
     if code_dir != REPO:
-        env["PYTHONPATH"] = str(code_dir)
-        env["MLOPS_PARAMS"] = str(code_dir / "params.yaml")
-    home = Path(env["AIRFLOW_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    env["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
-    passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-    passwords.write_text(json.dumps({"admin": "admin"}))
-    return env
+        extra.update({"PYTHONPATH": str(code_dir), "MLOPS_PARAMS": str(code_dir / "params.yaml")})
+    return airflow_env(
+        resolve(env).home / "airflow",
+        base=env,
+        api_port=port,
+        login=("admin", "admin"),
+        step_worker=worker_socket is not None,
+        dags_folder=code_dir / "dags",
+        plugins_folder=code_dir / "plugins",
+        extra=extra,
+    )
 
 
 def snapshot(rev: str) -> Path:
@@ -140,11 +145,8 @@ def run_airflow(mode: str, date: str, port: int, code_dir: Path, keep: bool) -> 
     from pipelines.ops.cluster import AirflowCluster
 
     state, base = fresh_state(f"airflow-{mode}")
-    env = _airflow_env(clean_env(base), code_dir, port)
+    env = _airflow_env(clean_env(base), code_dir, port, state / "worker.sock" if mode == "warm" else None)
     mlflow_init_s = init_mlflow(env)
-    if mode == "warm":
-        env["MLOPS_STEP_WORKER"] = "warm"
-        env["MLOPS_STEP_WORKER_SOCKET"] = str(state / "worker.sock")
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     migrated = time.perf_counter() - started

@@ -7,10 +7,10 @@ or with each other.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 from pathlib import Path
+
+from pipelines.ops.environment import airflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "admin", "admin-test-password"
@@ -20,40 +20,22 @@ def fresh_airflow_env(
     root: Path,
     *,
     api_port: int,
-    log_server_port: int,
     dags_folder: Path = REPO / "dags",
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The whole configuration of a cluster under ``root`` (created), as environment variables.
 
-    The scheduler creates no runs from the DAGs' schedules (``use_job_schedule`` off): only the
-    runs a test triggers or backfills run.
+    The API server listens on ``api_port`` and the task log server on the next port; the user
+    ``USER`` logs in with ``PASSWORD``. The scheduler creates no runs from the DAGs' schedules
+    (``use_job_schedule`` off): only the runs a test triggers or backfills run.
     """
-    home = root / "airflow"
-    home.mkdir(parents=True, exist_ok=True)
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
-    env = dict(os.environ)
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_server_port),
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            "MLOPS_HOME": str(root / "mlops"),
-            "MLOPS_DATA_DIR": str(root / "data"),
-            "MLOPS_VERSIONING": "off",
-            "GX_ANALYTICS_ENABLED": "False",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
+    return airflow_env(
+        root / "airflow",
+        base=os.environ,
+        state_dir=root,
+        api_port=api_port,
+        login=(USER, PASSWORD),
+        scheduled_runs=False,
+        dags_folder=dags_folder,
+        extra=extra,
     )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(extra or {})
-    return env

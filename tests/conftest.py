@@ -14,28 +14,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# Standard library only, so importing it here imports nothing that reads Airflow's configuration.
+from pipelines.ops.environment import airflow_env
+
 _STATE = Path(os.environ.get("MLOPS_TEST_STATE") or tempfile.mkdtemp(prefix="mlops-tests-"))
 
-os.environ.update(
-    {
-        "MLOPS_HOME": str(_STATE / "mlops"),
-        "MLOPS_DATA_DIR": str(_STATE / "data"),
-        "AIRFLOW_HOME": str(_STATE / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_STATE / 'airflow' / 'airflow.db'}",
-        "GX_ANALYTICS_ENABLED": "False",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        # The data folder above is outside this repository; tests that version data
-        # set up their own git + DVC repository (tests/e2e/test_dvc_pipeline.py).
-        "MLOPS_VERSIONING": "off",
-    }
-)
+# The data folder is outside this repository (versioning off); tests that version data set up
+# their own git + DVC repository (tests/e2e/test_dvc_pipeline.py).
+os.environ.update(airflow_env(_STATE / "airflow", state_dir=_STATE))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-(_STATE / "airflow").mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")

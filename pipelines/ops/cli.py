@@ -11,10 +11,11 @@ Where and who (flags win over the environment):
     AIRFLOW_API_PASSWORD  exchanged for a token at ``POST /auth/token``
     AIRFLOW_API_TOKEN     a token already issued (then no user or password is needed)
 
-Every command speaks to the API server only (``/auth/token`` then ``/api/v2``): no database, no
-Airflow import, so it runs from any machine that can reach the server. ``--json`` prints what the
-API returned, for scripts. Exit status: 0 on success; 1 when a waited-for run or backfill has a
-failed run; 2 on a usage, login or API error.
+Every command speaks to the API server only (``/auth/token`` then ``/api/v2``, through
+:class:`pipelines.ops.airflow_api.AirflowAPI`): no database, no Airflow import, so it runs from
+any machine that can reach the server. ``--json`` prints what the API returned, for scripts.
+Exit status: 0 on success; 1 when a waited-for run or backfill has a failed run; 2 on a usage,
+login or API error.
 """
 
 from __future__ import annotations
@@ -25,184 +26,13 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
+
+from pipelines.ops.airflow_api import AirflowAPI, APIError
 
 DEFAULT_URL = "http://localhost:8080"
 DEFAULT_DAG = "flights_training"
-TERMINAL_STATES = {"success", "failed"}
-
-
-class APIError(RuntimeError):
-    """The API server refused a request or could not be reached; the message says what it answered."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class AirflowAPI:
-    """A thin client of Airflow's REST API v2, authenticated with a bearer token."""
-
-    base_url: str
-    token: str
-    timeout: float = 30.0
-
-    @classmethod
-    def login(cls, base_url: str, username: str, password: str, timeout: float = 30.0) -> AirflowAPI:
-        """Exchange a user and password for a token (``POST /auth/token``)."""
-        body = _call(
-            base_url.rstrip("/") + "/auth/token", "POST", {"username": username, "password": password}, None, timeout
-        )
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not token:
-            raise APIError(f"{base_url}/auth/token returned no access_token")
-        return cls(base_url.rstrip("/"), token, timeout)
-
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
-        url = f"{self.base_url}/api/v2{path}"
-        if query:
-            url += "?" + urllib.parse.urlencode(
-                [(k, v) for k, vs in query.items() if vs is not None for v in (vs if isinstance(vs, list) else [vs])]
-            )
-        return _call(url, method, body, self.token, self.timeout)
-
-    # -- DAGs and runs -----------------------------------------------------
-    def dag(self, dag_id: str) -> dict:
-        return self.request("GET", f"/dags/{_q(dag_id)}")
-
-    def set_paused(self, dag_id: str, paused: bool) -> dict:
-        return self.request("PATCH", f"/dags/{_q(dag_id)}", {"is_paused": paused})
-
-    def trigger(
-        self,
-        dag_id: str,
-        conf: dict[str, Any] | None = None,
-        logical_date: str | None = None,
-        run_id: str | None = None,
-        note: str | None = None,
-    ) -> dict:
-        """Create a DAG run; ``logical_date`` None makes a run without one (Airflow 3)."""
-        body: dict[str, Any] = {"logical_date": logical_date, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        if note:
-            body["note"] = note
-        return self.request("POST", f"/dags/{_q(dag_id)}/dagRuns", body)
-
-    def dag_run(self, dag_id: str, run_id: str) -> dict:
-        return self.request("GET", f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
-
-    def dag_runs(self, dag_id: str, limit: int = 10, run_type: str | None = None) -> list[dict]:
-        """The most recent runs first (by creation)."""
-        query = {"limit": limit, "order_by": "-id", "run_type": run_type}
-        return list(self.request("GET", f"/dags/{_q(dag_id)}/dagRuns", query=query)["dag_runs"])
-
-    def task_order(self, dag_id: str) -> list[str]:
-        """The DAG's task ids, upstream before downstream (ties by name)."""
-        tasks = self.request("GET", f"/dags/{_q(dag_id)}/tasks")["tasks"]
-        return topological_order({t["task_id"]: t.get("downstream_task_ids") or [] for t in tasks})
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        path = f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances"
-        return list(self.request("GET", path, query={"limit": 1000})["task_instances"])
-
-    # -- backfills ---------------------------------------------------------
-    def create_backfill(
-        self,
-        dag_id: str,
-        from_date: str,
-        to_date: str,
-        conf: dict[str, Any] | None = None,
-        max_active_runs: int = 1,
-        reprocess: str = "none",
-        dry_run: bool = False,
-    ) -> dict:
-        body = {
-            "dag_id": dag_id,
-            "from_date": from_date,
-            "to_date": to_date,
-            "dag_run_conf": conf or {},
-            "max_active_runs": max_active_runs,
-            "reprocess_behavior": reprocess,
-            "run_backwards": False,
-        }
-        return self.request("POST", "/backfills/dry_run" if dry_run else "/backfills", body)
-
-    def backfill(self, backfill_id: int) -> dict:
-        return self.request("GET", f"/backfills/{backfill_id}")
-
-    def backfills(self, dag_id: str) -> list[dict]:
-        return list(self.request("GET", "/backfills", query={"dag_id": dag_id, "limit": 100})["backfills"])
-
-    def cancel_backfill(self, backfill_id: int) -> dict:
-        return self.request("PUT", f"/backfills/{backfill_id}/cancel")
-
-    def backfill_runs(self, dag_id: str, backfill: dict) -> list[dict]:
-        """The backfill's runs, oldest logical date first (runs carry no backfill id in the API)."""
-        runs = self.request(
-            "GET",
-            f"/dags/{_q(dag_id)}/dagRuns",
-            query={
-                "run_type": "backfill",
-                "logical_date_gte": backfill["from_date"],
-                "logical_date_lte": backfill["to_date"],
-                "order_by": "logical_date",
-                "limit": 1000,
-            },
-        )["dag_runs"]
-        return list(runs)
-
-
-def topological_order(downstream: dict[str, list[str]]) -> list[str]:
-    """Task ids so that every task comes after its upstream tasks (Kahn's algorithm, ties by name)."""
-    upstream_count = dict.fromkeys(downstream, 0)
-    for targets in downstream.values():
-        for target in targets:
-            upstream_count[target] = upstream_count.get(target, 0) + 1
-    ready = sorted(t for t, n in upstream_count.items() if n == 0)
-    order: list[str] = []
-    while ready:
-        task = ready.pop(0)
-        order.append(task)
-        for target in downstream.get(task, []):
-            upstream_count[target] -= 1
-            if upstream_count[target] == 0:
-                ready.append(target)
-        ready.sort()
-    return order + sorted(set(upstream_count) - set(order))  # a cycle cannot happen in a DAG; just in case
-
-
-def _q(part: str) -> str:
-    return urllib.parse.quote(part, safe="")
-
-
-def _call(url: str, method: str, body: Any, token: str | None, timeout: float) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Accept", "application/json")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as err:
-        detail = err.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail).get("detail", detail)
-        except (ValueError, AttributeError):
-            pass
-        raise APIError(f"{method} {url}: HTTP {err.code}: {detail}", err.code) from None
-    except (urllib.error.URLError, OSError) as err:
-        raise APIError(f"{method} {url}: cannot reach the API server ({getattr(err, 'reason', err)})") from None
-    return json.loads(raw) if raw else None
 
 
 # --------------------------------------------------------------------------- formatting
@@ -252,19 +82,15 @@ def wait_for_run(
     api: AirflowAPI, dag_id: str, run_id: str, timeout: float, poll: float = 5.0, echo: Callable[[str], None] = print
 ) -> dict:
     """Poll a run until it ends; print each change of its task states."""
-    deadline, last, order = time.monotonic() + timeout, None, api.task_order(dag_id)
-    while True:
-        run = api.dag_run(dag_id, run_id)
-        tasks = api.task_instances(dag_id, run_id)
-        text = format_run(run, tasks, order)
-        if text != last:
+    order, last = api.task_order(dag_id), [""]
+
+    def show(run: dict) -> None:
+        text = format_run(run, api.task_instances(dag_id, run_id), order)
+        if text != last[0]:
             echo(text)
-            last = text
-        if run["state"] in TERMINAL_STATES:
-            return run
-        if time.monotonic() > deadline:
-            raise APIError(f"run {run_id} not finished after {timeout:.0f}s (state {run['state']})")
-        time.sleep(poll)
+            last[0] = text
+
+    return api.wait_for_run(dag_id, run_id, timeout, poll, watch=show)
 
 
 def wait_for_backfill(
@@ -295,7 +121,7 @@ def _ensure_unpaused(api: AirflowAPI, dag_id: str, unpause: bool, echo: Callable
     if not api.dag(dag_id).get("is_paused"):
         return
     if unpause:
-        api.set_paused(dag_id, False)
+        api.unpause(dag_id)
         echo(f"unpaused {dag_id}")
     else:
         echo(f"note: {dag_id} is paused; the scheduler starts its runs once it is unpaused (--unpause)")
@@ -455,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.token:
-            api = AirflowAPI(args.url.rstrip("/"), args.token)
+            api = AirflowAPI(args.url, args.token)
         elif args.password:
             api = AirflowAPI.login(args.url, args.user, args.password)
         else:

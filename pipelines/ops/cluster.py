@@ -10,7 +10,9 @@ way an operator would: the ``airflow`` CLI for actions, the metadata database
 
 Nothing here imports Airflow: the configuration of the processes it starts
 may differ from the caller's own (a test on SQLite starting a cluster on
-PostgreSQL, say).
+PostgreSQL, say). :func:`pipelines.ops.environment.airflow_env` builds that
+configuration for a local Airflow; :class:`pipelines.ops.airflow_api.AirflowAPI`
+speaks to its API server.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-TERMINAL_RUN_STATES = {"success", "failed"}
+from pipelines.ops.airflow_api import TERMINAL_STATES
 
 
 class ServiceError(RuntimeError):
@@ -240,7 +241,8 @@ class AirflowCluster:
         value = rows[0][0]
         return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
-    def runs(self, dag_id: str) -> list[dict]:
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        """Every run of ``dag_id``, oldest first: ``run_id``, ``state``, ``run_type``, ``logical_date``, ``conf``."""
         rows = self._query(
             "SELECT run_id, state, run_type, logical_date, conf FROM dag_run WHERE dag_id = :d ORDER BY id", d=dag_id
         )
@@ -328,7 +330,7 @@ class AirflowCluster:
         while time.monotonic() < deadline:
             self.services.check_alive()
             state = self.run_state(dag_id, run_id)
-            if state in TERMINAL_RUN_STATES:
+            if state in TERMINAL_STATES:
                 return state
             time.sleep(poll)
         raise ServiceError(
@@ -343,87 +345,3 @@ def _as_datetime(value):
     if isinstance(value, dt.datetime):
         return value
     return dt.datetime.fromisoformat(str(value))
-
-
-@dataclass
-class AirflowApi:
-    """Airflow's REST API (v2) as a client sees it: a token from ``/auth/token``, then JSON calls.
-
-    Args:
-        base_url: the API server, e.g. ``http://127.0.0.1:8080``.
-        username, password: a user of the auth manager; the token is fetched on first use.
-    """
-
-    base_url: str
-    username: str
-    password: str
-    timeout: float = 60
-    _token: str | None = field(default=None, repr=False)
-
-    def token(self) -> str:
-        """A JWT for the user (``POST /auth/token``), cached."""
-        if self._token is None:
-            body = self._call("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)
-            self._token = body["access_token"]
-        return self._token
-
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One authenticated call; raise :class:`ServiceError` with the server's answer on an HTTP error."""
-        return self._call(method, path, body, auth=True)
-
-    def _call(self, method: str, path: str, body: dict | None, auth: bool) -> dict:
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token()}"
-        req = urllib.request.Request(self.base_url.rstrip("/") + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                text = resp.read().decode()
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:2000]
-            raise ServiceError(f"{method} {path}: HTTP {err.code}: {detail}") from None
-        return json.loads(text) if text else {}
-
-    def dag(self, dag_id: str) -> dict:
-        return self.request("GET", f"/api/v2/dags/{dag_id}")
-
-    def unpause(self, dag_id: str) -> dict:
-        return self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-
-    def pause(self, dag_id: str) -> dict:
-        return self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
-
-    def trigger(
-        self, dag_id: str, logical_date: str | None, conf: dict | None = None, run_id: str | None = None
-    ) -> dict:
-        """Create a DAG run; returns it (``dag_run_id``, ``state``, ...)."""
-        body: dict = {"logical_date": logical_date, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
-
-    def run(self, dag_id: str, run_id: str) -> dict:
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        quoted = urllib.parse.quote(run_id, safe="")
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"]
-
-    def wait_for_run(
-        self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 3, services: Services | None = None
-    ) -> str:
-        """Poll the run until it ends; return its state. ``services`` are checked to be alive meanwhile."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if services is not None:
-                services.check_alive()
-            state = self.run(dag_id, run_id)["state"]
-            if state in TERMINAL_RUN_STATES:
-                return state
-            time.sleep(poll)
-        states = {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
-        raise ServiceError(f"run {run_id} of {dag_id} not finished after {timeout:.0f}s; tasks: {states}")

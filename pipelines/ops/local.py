@@ -15,54 +15,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from pipelines.settings import REPO_ROOT, Settings, resolve
+from pipelines.ops.environment import airflow_env
+from pipelines.settings import Settings, resolve
 
 DAG_ID = "flights_training"
 LOCAL_USER = "admin"
 LOCAL_PASSWORD = "admin"
 
 
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """Airflow settings of the embedded default; values already in the environment win."""
-    home = settings.home / "airflow"
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{LOCAL_USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "GX_ANALYTICS_ENABLED": "False",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        # Tasks hand their steps to the warm step worker started beside the scheduler
-        # (pipelines/ops/worker.py): the libraries are imported once, not once per task.
-        "MLOPS_STEP_WORKER": "warm",
-    }
+def local_env(settings: Settings) -> dict[str, str]:
+    """The embedded default's environment: Airflow under ``<MLOPS_HOME>/airflow``; values already set win.
 
+    Args:
+        settings: the pipeline's settings (:func:`pipelines.settings.resolve`).
 
-def _prepare(settings: Settings) -> dict[str, str]:
-    for key, value in airflow_env(settings).items():
-        os.environ.setdefault(key, value)
-    home = Path(os.environ["AIRFLOW_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    secret = home / "jwt_secret"
-    if not secret.exists():
-        # One secret for every component: the API server checks the tokens the others sign.
-        secret.write_text(secrets.token_urlsafe(32))
-    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secret.read_text().strip())
-    passwords = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-    if not passwords.exists():
-        # A known login for local use only; production sets its own (see docker-compose.yml).
-        passwords.write_text(json.dumps({LOCAL_USER: LOCAL_PASSWORD}))
-    return dict(os.environ)
+    Returns:
+        The environment of the Airflow processes to start, with a known login for local use only
+        (``admin``/``admin``; production sets its own, see docker-compose.yml).
+    """
+    home = Path(os.environ.get("AIRFLOW_HOME") or settings.home / "airflow")
+    # Tasks hand their steps to the warm step worker started beside the scheduler
+    # (pipelines/ops/worker.py): the libraries are imported once, not once per task.
+    built = airflow_env(home, login=(LOCAL_USER, LOCAL_PASSWORD), step_worker=True)
+    return {**built, **os.environ}
 
 
 def _migrate(env: dict[str, str]) -> None:
@@ -74,7 +54,7 @@ def _migrate(env: dict[str, str]) -> None:
         raise SystemExit("airflow db migrate failed")
 
 
-def run(data_date: str, conf: dict, timeout: float = 1800) -> int:
+def run_pipeline(data_date: str, conf: dict, timeout: float = 1800) -> int:
     """Run the training DAG once through the scheduler; print the MLflow run, model version and predictions.
 
     The real thing, not a simulation: ``airflow scheduler`` (LocalExecutor: one
@@ -88,7 +68,7 @@ def run(data_date: str, conf: dict, timeout: float = 1800) -> int:
     from pipelines.ops.cluster import AirflowCluster
 
     settings = resolve()
-    env = _prepare(settings)
+    env = local_env(settings)
     print(f"local state: {settings.home}  data: {settings.data_dir}", flush=True)
     _migrate(env)
     day = dt.date.fromisoformat(data_date)
@@ -139,7 +119,7 @@ def _print_summary(settings: Settings, run_id: str, day) -> None:
         print(f"  model version     models:/{name}/{v.version}  aliases: {aliases}")
         print(f"  holdout AUC       {v.tags.get('metrics.holdout_auc')}  (baseline {v.tags.get('metrics.baseline_holdout_auc')})")
         print(f"  promotion         {v.tags.get('promotion.decision')}")
-    nxt = next_day(params.dataset, day)
+    nxt = next_day(params, day)
     if nxt is not None:
         print(f"  predictions       {settings.predictions_dir / f'date={nxt.isoformat()}' / PREDICTION_FILE}")
     print(f"  validation report {settings.run_dir(DAG_ID, run_id) / 'validation' / 'data_docs' / 'index.html'}")
@@ -147,7 +127,7 @@ def _print_summary(settings: Settings, run_id: str, day) -> None:
 
 
 def airflow_ui() -> int:
-    env = _prepare(resolve())
+    env = local_env(resolve())
     _migrate(env)
     os.execvpe(sys.executable, [sys.executable, "-m", "airflow", "standalone"], env)
     return 0  # not reached
@@ -178,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)
     if args.command == "run":
-        return run(args.date, json.loads(args.conf))
+        return run_pipeline(args.date, json.loads(args.conf))
     if args.command == "airflow-ui":
         return airflow_ui()
     return mlflow_ui(args.port)

@@ -30,7 +30,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.ops.environment import airflow_env
 from pipelines.settings import REPO_ROOT, Settings, resolve
 
 TRAINING, MONITORING = "flights_training", "flights_monitoring"
@@ -75,35 +75,19 @@ def replay_params(base: Path, overrides: Mapping[str, Any]) -> str:
 
 def replay_env(home: Path, api_port: int) -> dict[str, str]:
     """The whole configuration of the replay's Airflow and pipeline, under ``home``."""
-    airflow_home = home / "airflow"
-    airflow_home.mkdir(parents=True, exist_ok=True)
-    secret = airflow_home / "jwt_secret"
-    if not secret.exists():
-        secret.write_text(secrets.token_urlsafe(32))
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secret.read_text().strip(),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(api_port + 1),
-        # Parsed once: a new parse would give back the nightly slot held below (hold_schedule).
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(30 * 24 * 3600),
-        "MLOPS_HOME": str(home / "mlops"),
-        "MLOPS_DATA_DIR": str(home / "data"),
-        "MLOPS_PARAMS": str(home / "params.yaml"),
-        "MLOPS_VERSIONING": "off",
-        "MLOPS_STEP_WORKER": "warm",
-        "MLOPS_STEP_WORKER_SOCKET": str(home / "worker" / "worker.sock"),
-        "GX_ANALYTICS_ENABLED": "False",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+    return airflow_env(
+        home / "airflow",
+        base=os.environ,
+        state_dir=home,
+        api_port=api_port,
+        step_worker=True,
+        extra={
+            # Parsed once: a new parse would give back the nightly slot held below (hold_schedule).
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(30 * 24 * 3600),
+            "MLOPS_PARAMS": str(home / "params.yaml"),
+            "MLOPS_STEP_WORKER_SOCKET": str(home / "worker" / "worker.sock"),
+        },
+    )
 
 
 def nights(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -329,7 +313,7 @@ class Replay:
             retraining = self.training_run(asked)
             monitoring += self.monitoring_runs({asked})
         scored: dict[str, Any] = {}
-        nxt = next_day(self.params.dataset, day)
+        nxt = next_day(self.params, day)
         if nxt is not None:
             import pandas as pd
 

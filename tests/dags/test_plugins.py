@@ -142,7 +142,7 @@ def api_server(tmp_path_factory):
     from pipelines.ops.cluster import AirflowCluster
 
     root = tmp_path_factory.mktemp("plugins")
-    env = fresh_airflow_env(root, api_port=API_PORT, log_server_port=API_PORT + 1)
+    env = fresh_airflow_env(root, api_port=API_PORT)
     runs = Path(env["MLOPS_HOME"]) / "runs"
     report = runs / "flights_training" / "manual__1" / "validation" / "data_docs" / "index.html"
     report.parent.mkdir(parents=True)
@@ -168,7 +168,7 @@ def _get(url: str, token: str | None = None, cookie: str | None = None) -> tuple
 
 
 def test_plugin_is_registered(api_server) -> None:
-    from pipelines.ops.cli import AirflowAPI
+    from pipelines.ops.airflow_api import AirflowAPI
 
     api = AirflowAPI.login(api_server.api_url, USER, PASSWORD)
     (plugin,) = [p for p in api.request("GET", "/plugins")["plugins"] if p["name"] == "mlops_links"]
@@ -178,7 +178,7 @@ def test_plugin_is_registered(api_server) -> None:
 
 
 def test_reports_are_served_to_logged_in_users_only(api_server) -> None:
-    from pipelines.ops.cli import AirflowAPI
+    from pipelines.ops.airflow_api import AirflowAPI
 
     token = AirflowAPI.login(api_server.api_url, USER, PASSWORD).token
     url = f"{api_server.api_url}/mlops/reports/flights_training/manual__1/validation/data_docs/index.html"

@@ -41,7 +41,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-API_PORT, LOG_PORT, MLFLOW_PORT = 18104, 18105, 18106
+API_PORT, MLFLOW_PORT = 18104, 18106  # the task log server takes 18105
 DAG_ID = "flights_training"
 # Cheap, and not the defaults: one epoch on 35 days (7 training days before the 14 validation and
 # 14 holdout days, the least params.yaml allows).
@@ -61,7 +61,7 @@ def stack(tmp_path_factory):
     """Airflow (API server, scheduler, DAG processor) and the MLflow UI on one fresh local state."""
     root = tmp_path_factory.mktemp("browser")
     mlflow_ui = f"http://127.0.0.1:{MLFLOW_PORT}"
-    env = fresh_airflow_env(root, api_port=API_PORT, log_server_port=LOG_PORT, extra={"MLOPS_MLFLOW_UI_URL": mlflow_ui})
+    env = fresh_airflow_env(root, api_port=API_PORT, extra={"MLOPS_MLFLOW_UI_URL": mlflow_ui})
     tracking_uri = f"sqlite:///{root / 'mlops' / 'mlflow' / 'mlflow.db'}"
     (root / "mlops" / "mlflow").mkdir(parents=True)
     logs = root / "services"
@@ -123,11 +123,11 @@ def _wait_for_task(cluster: AirflowCluster, run_id: str, task_id: str, timeout: 
 
 
 def test_trigger_from_the_form_then_follow_the_mlflow_link(stack, browser) -> None:
-    from pipelines.ops.cli import AirflowAPI
+    from pipelines.ops.airflow_api import AirflowAPI
 
     cluster, base = stack["cluster"], stack["cluster"].api_url
     api = AirflowAPI.login(base, USER, PASSWORD)
-    api.set_paused(DAG_ID, False)  # the schedule itself creates no runs here (use_job_schedule off)
+    api.unpause(DAG_ID)  # the schedule itself creates no runs here (use_job_schedule off)
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(90_000)  # the UI answers slowly while the scheduler runs tasks on 2 busy cores

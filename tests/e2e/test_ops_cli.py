@@ -25,7 +25,7 @@ from cluster_env import PASSWORD, USER, fresh_airflow_env
 
 from pipelines.ops.cluster import AirflowCluster
 
-API_PORT, LOG_PORT = 18102, 18103
+API_PORT = 18102  # the task log server takes 18103
 DAG_ID = "ops_probe"
 PROBE_DAG = '''
 """A one-task DAG with the training DAG's schedule, for the ops CLI tests."""
@@ -87,7 +87,7 @@ def cluster_env(tmp_path_factory) -> dict[str, str]:
     dags = root / "dags"
     dags.mkdir()
     (dags / "ops_probe.py").write_text(PROBE_DAG)
-    return fresh_airflow_env(root, api_port=API_PORT, log_server_port=LOG_PORT, dags_folder=dags)
+    return fresh_airflow_env(root, api_port=API_PORT, dags_folder=dags)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_trigger_with_conf_and_logical_date(api_server) -> None:
     assert run["note"] == "from the ops test"
     assert "unpaused ops_probe" in done.stderr
     # With a token instead of a password: the same API, no login.
-    from pipelines.ops.cli import AirflowAPI
+    from pipelines.ops.airflow_api import AirflowAPI
 
     token = AirflowAPI.login(f"http://127.0.0.1:{API_PORT}", USER, PASSWORD).token
     status = _ops("status", "--run-id", "ops_manual_1", env={"AIRFLOW_API_PASSWORD": "", "AIRFLOW_API_TOKEN": token})
@@ -188,7 +188,7 @@ def test_backfill_creates_the_runs_and_refuses_a_second_one(api_server) -> None:
 
 
 def test_backfill_runs_one_day_at_a_time_in_order(scheduler) -> None:
-    from pipelines.ops.cli import AirflowAPI
+    from pipelines.ops.airflow_api import AirflowAPI
 
     api = AirflowAPI.login(f"http://127.0.0.1:{API_PORT}", USER, PASSWORD)
     (backfill,) = api.backfills(DAG_ID)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,7 @@ import yaml
 from helpers import deep_update
 
 from pipelines.ops.cluster import AirflowCluster
+from pipelines.ops.environment import airflow_env
 from pipelines.ops.worker import start_service, steps_file, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,27 +49,21 @@ def backfill(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("scheduler")
     params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    home = root / "airflow"
-    home.mkdir()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        # Parsed once: a new parse would give the held schedule back (see below).
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
-        "MLOPS_HOME": str(root / "mlops"),
-        "MLOPS_DATA_DIR": str(root / "data"),
-        "MLOPS_PARAMS": str(root / "params.yaml"),
-        "MLOPS_VERSIONING": "off",
+    env = airflow_env(
+        root / "airflow",
+        base=os.environ,
+        state_dir=root,
+        api_port=API_PORT,
         # Tasks hand their steps to a warm step worker (pipelines/ops/worker.py), as in production
         # where start-up costs matter: this test also checks that path through the scheduler.
-        "MLOPS_STEP_WORKER": "warm",
-        "MLOPS_STEP_WORKER_SOCKET": str(root / "worker.sock"),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
+        step_worker=True,
+        extra={
+            # Parsed once: a new parse would give the held schedule back (see below).
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+            "MLOPS_PARAMS": str(root / "params.yaml"),
+            "MLOPS_STEP_WORKER_SOCKET": str(root / "worker.sock"),
+        },
+    )
     cluster = AirflowCluster(env, log_dir=root / "services", api_port=API_PORT)
     cluster.migrate()
     with cluster:
@@ -88,7 +82,7 @@ def backfill(tmp_path_factory: pytest.TempPathFactory):
         # The scheduler runs backfills of unpaused DAGs only, and would add tonight's
         # run (2026 mapped onto 2013) as soon as it is: no scheduled run during the test.
         cluster.hold_schedule(TRAINING)
-        backfill_runs = [r for r in cluster.runs(TRAINING) if r["run_type"] == "backfill"]
+        backfill_runs = [r for r in cluster.dag_runs(TRAINING) if r["run_type"] == "backfill"]
         assert [str(r["logical_date"])[:10] for r in backfill_runs] == [n.isoformat() for n in NIGHTS], backfill_runs
         cluster.unpause(TRAINING)
         # Generous: a run costs about two minutes on an idle 2-core machine, most of it process start-up.
@@ -98,7 +92,7 @@ def backfill(tmp_path_factory: pytest.TempPathFactory):
             "root": root,
             "cluster": cluster,
             "states": states,
-            "runs": cluster.runs(TRAINING),
+            "runs": cluster.dag_runs(TRAINING),
             "tasks": {run_id: cluster.task_states(TRAINING, run_id) for run_id in states},
             "times": cluster._query(
                 "SELECT run_id, start_date, end_date FROM dag_run WHERE dag_id = :d AND run_type = 'backfill' ORDER BY logical_date",
@@ -114,11 +108,11 @@ def _wait_for_monitoring_runs(cluster: AirflowCluster, count: int) -> list[dict]
 
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        runs = cluster.runs(MONITORING)
+        runs = cluster.dag_runs(MONITORING)
         if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         time.sleep(3)
-    raise AssertionError(f"monitoring runs not done: {cluster.runs(MONITORING)}\n{cluster.services.tail('scheduler')}")
+    raise AssertionError(f"monitoring runs not done: {cluster.dag_runs(MONITORING)}\n{cluster.services.tail('scheduler')}")
 
 
 def test_every_night_of_the_backfill_succeeds(backfill) -> None:

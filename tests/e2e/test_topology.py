@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import topology as T
 
-from pipelines.ops.cluster import AirflowApi, ServiceError
+from pipelines.ops.airflow_api import AirflowAPI, APIError
 
 DAG_ID = "flights_training"
 DATA_DATE = "2013-03-10"
@@ -214,7 +214,7 @@ def _databases_named(prefix: str) -> list[str]:
 
 def _trigger_training(top: T.Topology) -> dict:
     """What an operator's client does: log in, wait for the DAG, trigger it with a conf, poll the run."""
-    api = AirflowApi(top.api_url, "admin", top.values["AIRFLOW_ADMIN_PASSWORD"])
+    api = AirflowAPI.login(top.api_url, "admin", top.values["AIRFLOW_ADMIN_PASSWORD"], timeout=60)
     deadline = time.monotonic() + 300
     while True:  # the DAG processor parses the DAG folder once it is up
         top.cluster.services.check_alive()
@@ -222,8 +222,8 @@ def _trigger_training(top: T.Topology) -> dict:
             dag = api.dag(DAG_ID)
             if dag.get("next_dagrun_logical_date"):
                 break
-        except ServiceError as err:
-            if "HTTP 404" not in str(err) or time.monotonic() > deadline:
+        except APIError as err:
+            if err.status != 404 or time.monotonic() > deadline:
                 raise
         time.sleep(2)
     assert dag["is_paused"], "DAGs start paused"
@@ -236,7 +236,9 @@ def _trigger_training(top: T.Topology) -> dict:
     with ThreadPoolExecutor() as pool:
         names = [n for n, kind in T.SERVICES.items() if kind in ("run", "airflow")]
         health = pool.map(top.healthcheck, names)
-        state = api.wait_for_run(DAG_ID, run["dag_run_id"], timeout=RUN_TIMEOUT, services=top.cluster.services)
+        state = api.wait_for_run(
+            DAG_ID, run["dag_run_id"], timeout=RUN_TIMEOUT, watch=lambda _: top.cluster.services.check_alive()
+        )["state"]
         health = dict(zip(names, health, strict=True))
     seconds = time.perf_counter() - started
     top.timings["DAG run"] = seconds
@@ -266,7 +268,7 @@ def test_training_run_succeeds_on_celery(stack) -> None:
     top, result = stack
     assert result["state"] == "success"
     assert set(result["tasks"].values()) == {"success"}, result["tasks"]
-    run = result["api"].run(DAG_ID, result["run"]["dag_run_id"])
+    run = result["api"].dag_run(DAG_ID, result["run"]["dag_run_id"])
     assert run["conf"] == RUN_CONF
     # The tasks ran on the Celery worker: their records name the queue and the worker's host.
     tis = result["api"].task_instances(DAG_ID, result["run"]["dag_run_id"])
