@@ -119,7 +119,7 @@ def _print_summary(settings: Settings, run_id: str, day) -> None:
         print(f"  model version     models:/{name}/{v.version}  aliases: {aliases}")
         print(f"  holdout AUC       {v.tags.get('metrics.holdout_auc')}  (baseline {v.tags.get('metrics.baseline_holdout_auc')})")
         print(f"  promotion         {v.tags.get('promotion.decision')}")
-    nxt = next_day(params, day)
+    nxt = next_day(params.dataset, day)
     if nxt is not None:
         print(f"  predictions       {settings.predictions_dir / f'date={nxt.isoformat()}' / PREDICTION_FILE}")
     print(f"  validation report {settings.run_dir(DAG_ID, run_id) / 'validation' / 'data_docs' / 'index.html'}")

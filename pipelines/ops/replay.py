@@ -313,7 +313,7 @@ class Replay:
             retraining = self.training_run(asked)
             monitoring += self.monitoring_runs({asked})
         scored: dict[str, Any] = {}
-        nxt = next_day(self.params, day)
+        nxt = next_day(self.params.dataset, day)
         if nxt is not None:
             import pandas as pd
 
