@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_ENV = "MLOPS_ALERT_WEBHOOK_URL"
 ALERTS_FILE = Path("alerts") / "alerts.jsonl"
 
-Event = Literal["run_failed", "retraining_triggered", "promotion_refused"]
+Event = Literal["run_failed", "retraining_triggered", "promotion_refused", "serving_model_rejected"]
 
 
 @dataclass(frozen=True)

@@ -399,6 +399,22 @@ class MonitorConfig(_Section):
     alerts: Alerts = Alerts()
 
 
+class ServeConfig(_Section):
+    """The online prediction service (``python -m pipelines.serving``): which versions it follows, its limits."""
+
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "champion"  # the version that answers
+    # A second alias (e.g. challenger) scored beside the live one, off the response path; None: no shadow.
+    shadow_alias: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_-]+$")] = None
+    watch_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0  # how often the aliases are read
+    max_batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000  # rows in one request, at most
+    # What was served goes to data/served/date=YYYY-MM-DD/ in files of at most this many rows,
+    log_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    # written at least this often when traffic is light (and on shutdown).
+    log_flush_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Requests waiting for shadow scoring and the served log; beyond this they are dropped, and counted.
+    queue_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+
 class Params(_Section):
     """The whole of ``params.yaml``."""
 
@@ -412,6 +428,7 @@ class Params(_Section):
     predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
     monitor: MonitorConfig = MonitorConfig()
+    serve: ServeConfig = ServeConfig()
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Params:
         """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``.

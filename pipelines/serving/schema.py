@@ -1,0 +1,143 @@
+"""The request and response bodies of ``POST /predict``, generated from the feature spec.
+
+The row model is built from ``dataset.features`` and ``dataset.schema`` in
+``params.yaml`` (:func:`row_model`): no hand-written copy of the columns to
+drift from what the model was trained on. Numbers are strict (a string is not
+a number), finite (NaN and infinity are refused), and a float column may be
+``null`` (the model imputes a missing reading, as in training). An unknown
+field is refused; an unknown category value is not: the model's vocabulary
+maps it to its out-of-vocabulary id, as in batch scoring.
+
+Nothing here imports TensorFlow: the schema is cheap to build and to test.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+
+from pipelines.config import DatasetConfig
+
+
+class RequestError(ValueError):
+    """A request the service refuses: its HTTP status and what is wrong, per field where there is one."""
+
+    def __init__(self, status: int, problems: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(p["message"] for p in problems))
+        self.status = status
+        self.problems = problems
+
+
+def _field_type(kind: str) -> Any:
+    if kind == "int":
+        return Annotated[int, Field(strict=True)]
+    if kind == "float":
+        # strict: a JSON integer is still a float; a string or a bool is not.
+        return Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
+    if kind == "string":
+        return Annotated[str, Field(strict=True)]
+    raise ValueError(f"a feature of schema type '{kind}' cannot be served")
+
+
+def row_model(dataset: DatasetConfig) -> type[BaseModel]:
+    """The pydantic model of one row: every feature, required, typed from ``dataset.schema``.
+
+    Args:
+        dataset: the ``dataset`` section of the params.
+
+    Returns:
+        A model class that forbids extra fields.
+    """
+    fields: dict[str, Any] = {col: (_field_type(dataset.schema_[col]), ...) for col in dataset.features.all}
+    return create_model(  # type: ignore[call-overload]
+        "FlightRow",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__="One flight's raw feature columns, as collected.",
+        **fields,
+    )
+
+
+class RowParser:
+    """Turns a request body into validated rows, or a :class:`RequestError` naming each problem."""
+
+    def __init__(self, dataset: DatasetConfig, max_rows: int) -> None:
+        self.model = row_model(dataset)
+        self.columns = dataset.features.all
+        self.max_rows = max_rows
+        self._rows = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+
+    def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
+        """Validate a JSON body: one row (an object) or a list of rows.
+
+        Returns:
+            The rows as dicts in feature order, and whether the body was a single object.
+
+        Raises:
+            RequestError: 400 for a body that is not JSON, 413 for too many rows, 422 otherwise.
+        """
+        try:
+            # The standard parser reads NaN and Infinity literals, so the row model can name the field.
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RequestError(400, [{"field": None, "message": f"the body is not valid JSON: {err}"}]) from None
+        single = isinstance(data, dict)
+        rows = [data] if single else data
+        if not isinstance(rows, list):
+            raise RequestError(
+                422, [{"field": None, "message": f"expected a row (object) or a list of rows, got {type(data).__name__}"}]
+            )
+        if not rows:
+            raise RequestError(422, [{"field": None, "message": "the batch is empty: send at least one row"}])
+        if len(rows) > self.max_rows:
+            raise RequestError(
+                413, [{"field": None, "message": f"the batch has {len(rows)} rows; at most {self.max_rows} are allowed"}]
+            )
+        try:
+            parsed = self._rows.validate_python(rows)
+        except ValidationError as err:
+            raise RequestError(422, _problems(err, single)) from None
+        return [row.model_dump() for row in parsed], single
+
+
+def _problems(err: ValidationError, single: bool, limit: int = 20) -> list[dict[str, Any]]:
+    out = []
+    for e in err.errors()[:limit]:
+        loc = list(e["loc"])
+        row = loc.pop(0) if loc and isinstance(loc[0], int) else None
+        field = ".".join(str(p) for p in loc) or None
+        where = f"'{field}'" if field else "the row"
+        if row is not None and not single:
+            where = f"row {row}: {where}"
+        message = "unknown field (not a feature)" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] == "finite_number":
+            message = "must be a finite number (NaN and infinity are refused; send null for a missing reading)"
+        out.append(
+            {"row": None if single else row, "field": field, "message": f"{where}: {message}", "input": _safe(e.get("input"))}
+        )
+    return out
+
+
+def _safe(value: Any) -> Any:
+    """The offending input, as JSON can carry it (NaN becomes its name)."""
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if isinstance(value, dict | list):
+        return None  # a whole row or batch: the message says enough
+    return value
+
+
+class Prediction(BaseModel):
+    """One row's answer."""
+
+    probability: float
+    delayed: bool  # probability >= threshold
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model_name: str
+    model_version: str
+    threshold: float
+    predictions: list[Prediction]

@@ -1,0 +1,192 @@
+"""What was served: every row's features, scores and versions, kept as dated Parquet partitions.
+
+The response path only puts a :class:`Served` record on a bounded queue. One
+background thread (:class:`Recorder`) takes the records off it, scores them
+with the shadow version when there is one (off the response path: the shadow
+never delays or changes an answer), and appends them to
+``<data>/served/date=YYYY-MM-DD/part-*.parquet`` in files of at most
+``serve.log_batch_rows`` rows, at least every ``serve.log_flush_seconds``,
+and on shutdown. A day reads back with ``pd.read_parquet(<data>/served/date=...)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.serving.metrics import ServiceMetrics
+from pipelines.serving.versions import ServedModel
+
+log = logging.getLogger(__name__)
+
+SERVED_DIR = "served"
+_DTYPES = {"int": "int64", "float": "float64", "string": "string"}
+
+
+def served_dir(data_dir: Path) -> Path:
+    """The folder of the served log: ``<data>/served``."""
+    return data_dir / SERVED_DIR
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answered request, as the response path hands it over."""
+
+    request_id: str
+    served_at: dt.datetime  # UTC
+    rows: list[dict[str, Any]]
+    probabilities: np.ndarray
+    model: ServedModel
+
+
+class ServedLog:
+    """Buffers rows and writes them to the partition of the day they were served."""
+
+    def __init__(self, root: Path, schema: dict[str, str]) -> None:
+        """
+        Args:
+            root: ``<data>/served``.
+            schema: feature -> its kind in ``dataset.schema`` (int, float, string): every file gets the same types.
+        """
+        self.root = root
+        self.columns = tuple(schema)
+        self.dtypes = {col: _DTYPES[kind] for col, kind in schema.items()}
+        self._frames: list[pd.DataFrame] = []
+        self.buffered = 0
+
+    def append(self, record: Served, shadow: ServedModel | None, shadow_probabilities: np.ndarray | None) -> None:
+        frame = pd.DataFrame.from_records(record.rows, columns=list(self.columns)).astype(self.dtypes)
+        n = len(frame)
+        frame.insert(0, "request_id", record.request_id)
+        frame.insert(1, "row", np.arange(n, dtype=np.int32))
+        frame.insert(2, "served_at", pd.Timestamp(record.served_at))
+        frame["probability"] = record.probabilities.astype(np.float64)
+        frame["delayed"] = record.probabilities >= record.model.threshold
+        frame["model_version"] = record.model.version
+        frame["threshold"] = record.model.threshold
+        frame["shadow_probability"] = (
+            shadow_probabilities.astype(np.float64) if shadow_probabilities is not None else np.full(n, np.nan)
+        )
+        frame["shadow_version"] = pd.array([shadow.version if shadow else None] * n, dtype="string")
+        self._frames.append(frame)
+        self.buffered += n
+
+    def flush(self) -> list[Path]:
+        """Write what is buffered, one file per day it spans; returns the files written."""
+        if not self._frames:
+            return []
+        frame = pd.concat(self._frames, ignore_index=True)
+        self._frames, self.buffered = [], 0
+        shadowed = frame[frame["shadow_probability"].notna()]
+        if len(shadowed):
+            agree = (shadowed["shadow_probability"] >= shadowed["threshold"]) == shadowed["delayed"]
+            log.info(
+                "shadow: %d rows, mean probability live %.4f, shadow %.4f, decisions agree on %.1f%%",
+                len(shadowed), shadowed["probability"].mean(), shadowed["shadow_probability"].mean(), 100 * agree.mean(),
+            )
+        written = []
+        days = frame["served_at"].dt.strftime("%Y-%m-%d")
+        for day, part in frame.groupby(days, sort=True):
+            folder = self.root / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # Unique names: several flushes (and service restarts) a day never overwrite each other.
+            path = folder / f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = path.with_suffix(".tmp")
+            part.reset_index(drop=True).to_parquet(tmp, index=False)
+            tmp.rename(path)  # a reader never sees half a file
+            written.append(path)
+        return written
+
+
+class Recorder:
+    """The background thread behind the served log and shadow scoring."""
+
+    def __init__(
+        self,
+        log_: ServedLog,
+        shadow: Any,
+        metrics: ServiceMetrics,
+        batch_rows: int,
+        flush_seconds: float,
+        max_queued: int,
+    ) -> None:
+        """
+        Args:
+            log_: where rows go.
+            shadow: a callable returning the shadow version now, or None.
+            batch_rows, flush_seconds: write when this many rows are buffered, or this long after the last write.
+            max_queued: requests waiting; beyond this a request is dropped from the log (and counted).
+        """
+        self.log, self.shadow, self.metrics = log_, shadow, metrics
+        self.batch_rows, self.flush_seconds = batch_rows, flush_seconds
+        self._queue: queue.Queue[Served | None] = queue.Queue(maxsize=max_queued)
+        self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, record: Served) -> None:
+        """Hand a served request over; never blocks the response."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.metrics.dropped.inc()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain the queue, write everything, stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            wait = max(0.0, self.flush_seconds - (time.monotonic() - last_flush))
+            try:
+                record = self._queue.get(timeout=wait)
+            except queue.Empty:
+                record = ...  # type: ignore[assignment]
+            if record is None:
+                self._write()
+                return
+            if record is not ...:
+                self._record(record)
+            if self.log.buffered >= self.batch_rows or time.monotonic() - last_flush >= self.flush_seconds:
+                self._write()
+                last_flush = time.monotonic()
+
+    def _record(self, record: Served) -> None:
+        shadow: ServedModel | None = self.shadow()
+        scores = None
+        if shadow is not None:
+            try:
+                scores = shadow.score_rows(record.rows)
+                self.metrics.shadow_rows.labels(shadow.version).inc(len(scores))
+                log.debug(
+                    "request %s: live v%s %s, shadow v%s %s",
+                    record.request_id, record.model.version, record.probabilities.round(4).tolist(),
+                    shadow.version, scores.round(4).tolist(),
+                )
+            except Exception:  # the shadow must never cost the log its row
+                log.exception("shadow v%s failed on request %s", shadow.version, record.request_id)
+                scores, shadow = None, None
+        self.log.append(record, shadow, scores)
+
+    def _write(self) -> None:
+        try:
+            n = self.log.buffered
+            paths = self.log.flush()
+            if paths:
+                self.metrics.logged_rows.inc(n)
+                log.info("served log: %d rows written to %s", n, ", ".join(str(p) for p in paths))
+        except Exception:  # a full disk must not stop the service answering
+            log.exception("served log: could not write %d rows", self.log.buffered)

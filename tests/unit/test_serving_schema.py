@@ -1,0 +1,143 @@
+"""Unit tests of ``pipelines.serving.schema``: the request body generated from the feature spec.
+
+Every kind of bad request is refused with its status and a message naming the
+field (and the row, in a batch); good rows come back typed, in feature order.
+The ``serve`` section of params.yaml is validated like the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.config import ConfigError, Params, load_params
+from pipelines.serving.schema import RequestError, RowParser, row_model
+
+PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
+MAX_ROWS = 5
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    return load_params(PARAMS_FILE)
+
+
+@pytest.fixture(scope="module")
+def parser(params: Params) -> RowParser:
+    return RowParser(params.dataset, MAX_ROWS)
+
+
+def _row(params: Params) -> dict[str, Any]:
+    """A plausible flight, every feature set, typed as the schema says."""
+    kinds = {"int": 6, "float": 21.5, "string": "JFK"}
+    return {col: kinds[params.dataset.schema_[col]] for col in params.dataset.features.all}
+
+
+def _body(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _refused(parser: RowParser, body: bytes | str) -> RequestError:
+    with pytest.raises(RequestError) as err:
+        parser.parse(body.encode() if isinstance(body, str) else body)
+    return err.value
+
+
+def test_the_row_model_has_every_feature_and_nothing_else(params: Params) -> None:
+    model = row_model(params.dataset)
+    assert tuple(model.model_fields) == params.dataset.features.all
+    assert all(f.is_required() for f in model.model_fields.values())
+
+
+def test_one_row_and_a_batch_are_accepted_in_feature_order(params: Params, parser: RowParser) -> None:
+    row = _row(params)
+    rows, single = parser.parse(_body(row))
+    assert single and rows == [row] and tuple(rows[0]) == params.dataset.features.all
+    rows, single = parser.parse(_body([row] * MAX_ROWS))
+    assert not single and len(rows) == MAX_ROWS
+
+
+def test_a_missing_weather_reading_may_be_null_and_an_int_float_is_a_float(params: Params, parser: RowParser) -> None:
+    row = _row(params) | {"wind_gust": None, "temp": 40}
+    rows, _ = parser.parse(_body(row))
+    assert rows[0]["wind_gust"] is None and rows[0]["temp"] == 40.0
+
+
+def test_unknown_category_values_are_not_refused(params: Params, parser: RowParser) -> None:
+    # The model maps a value it never saw to its out-of-vocabulary id, as batch scoring does.
+    rows, _ = parser.parse(_body(_row(params) | {"carrier": "ZZ"}))
+    assert rows[0]["carrier"] == "ZZ"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (lambda r: r.pop("distance"), "distance", "Field required"),
+        (lambda r: r.update(runway="4L"), "runway", "unknown field"),
+        (lambda r: r.update(hour="seven"), "hour", "valid integer"),
+        (lambda r: r.update(hour=7.5), "hour", "valid integer"),
+        (lambda r: r.update(hour=None), "hour", "valid integer"),
+        (lambda r: r.update(hour=True), "hour", "valid integer"),
+        (lambda r: r.update(temp="21.5"), "temp", "valid number"),
+        (lambda r: r.update(carrier=9), "carrier", "valid string"),
+    ],
+)
+def test_a_bad_field_is_named(params: Params, parser: RowParser, change, field: str, words: str) -> None:
+    row = _row(params)
+    change(row)
+    err = _refused(parser, _body(row))
+    assert err.status == 422
+    assert [p["field"] for p in err.problems] == [field]
+    assert words in err.problems[0]["message"] and f"'{field}'" in err.problems[0]["message"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(params: Params, parser: RowParser, literal: str) -> None:
+    body = json.dumps(_row(params) | {"temp": "__X__"}).replace('"__X__"', literal)
+    assert math.isnan(json.loads(body)["temp"]) or math.isinf(json.loads(body)["temp"])
+    err = _refused(parser, body)
+    assert err.status == 422 and err.problems[0]["field"] == "temp"
+    assert "finite" in err.problems[0]["message"]
+
+
+def test_a_bad_row_in_a_batch_is_named_by_its_index(params: Params, parser: RowParser) -> None:
+    rows = [_row(params) for _ in range(3)]
+    rows[2]["origin"] = None
+    err = _refused(parser, _body(rows))
+    assert err.status == 422
+    assert err.problems[0]["row"] == 2 and err.problems[0]["field"] == "origin"
+    assert err.problems[0]["message"].startswith("row 2: 'origin'")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ("{not json", 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        ("[]", 422, "empty"),
+        ('"a string"', 422, "expected a row"),
+        ("[1, 2]", 422, "valid dictionary"),
+    ],
+)
+def test_bodies_that_are_not_rows_are_refused(parser: RowParser, body: str | bytes, status: int, words: str) -> None:
+    err = _refused(parser, body)
+    assert err.status == status and words in str(err)
+
+
+def test_a_batch_over_the_limit_is_refused_before_validation(params: Params, parser: RowParser) -> None:
+    err = _refused(parser, _body([_row(params)] * (MAX_ROWS + 1)))
+    assert err.status == 413 and f"at most {MAX_ROWS}" in str(err)
+
+
+def test_the_serve_section_is_validated_naming_the_key(params: Params) -> None:
+    assert params.serve.alias == "champion" and params.serve.shadow_alias is None
+    with pytest.raises(ConfigError, match="serve.max_batch_rows"):
+        params.with_overrides({"serve.max_batch_rows": 0})
+    with pytest.raises(ConfigError, match="serve.shadow_alias"):
+        params.with_overrides({"serve.shadow_alias": "chall enger"})
+    with pytest.raises(ConfigError, match="serve.watch_seconds"):
+        params.with_overrides({"serve.watch_seconds": 5})
