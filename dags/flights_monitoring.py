@@ -44,7 +44,9 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
+from pipelines.alerts import on_failure_callback
 from pipelines.assets import FLIGHTS_COLLECTED, LAST_RETRAINING_KEY, RETRAINING_REQUESTED
+from pipelines.errors import StepError, fail_fast
 
 DAG_ID = "flights_monitoring"
 
@@ -60,8 +62,6 @@ def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
 
     The day is the ``monitor_date`` parameter, else the latest day those runs collected.
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
     from pipelines.steps.monitor import source_run_day
 
     ctx = get_current_context()
@@ -78,7 +78,7 @@ def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
     if ctx["params"].get("monitor_date"):
         return dt.date.fromisoformat(ctx["params"]["monitor_date"]), sources
     if not days:
-        raise AirflowFailException("no day to monitor: set the 'monitor_date' parameter (YYYY-MM-DD)")
+        raise StepError("no day to monitor: set the 'monitor_date' parameter (YYYY-MM-DD)")
     return max(days), sources
 
 
@@ -88,25 +88,12 @@ def _run_context(day: str):
     return RunContext(dag_id=DAG_ID, run_id=get_current_context()["run_id"], run_day=dt.date.fromisoformat(day))
 
 
-def _fail_clearly(err: Exception):
-    """Nothing to monitor or a bad configuration: fail without retrying, with the readable message."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    return AirflowFailException(f"{type(err).__name__}: {err}")
-
-
 def _poke_seconds() -> int:
     """``monitor.wait_poke_seconds`` from params.yaml (light: YAML and pydantic only)."""
     from pipelines.config import load_params
     from pipelines.settings import resolve
 
     return load_params(resolve().params_path).monitor.wait_poke_seconds
-
-
-def _alert_failed_run(context) -> None:
-    from pipelines.alerts import on_failure_callback
-
-    on_failure_callback(context)
 
 
 @dag(
@@ -119,7 +106,7 @@ def _alert_failed_run(context) -> None:
     tags=["mlops", "monitoring"],
     doc_md=__doc__,
     render_template_as_native_obj=True,
-    on_failure_callback=_alert_failed_run,
+    on_failure_callback=on_failure_callback,
     default_args={
         "retries": 1,
         "retry_delay": dt.timedelta(seconds=60),
@@ -139,6 +126,7 @@ def flights_monitoring():
     # The Asset event comes when `collect` has staged the day: wait until its training run has
     # published it (validate), scored the next day and registered its model.
     @task.sensor(poke_interval=_poke_seconds(), timeout=4 * 3600, mode="reschedule", execution_timeout=dt.timedelta(minutes=5))
+    @fail_fast
     def wait_for_data() -> PokeReturnValue:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -159,48 +147,35 @@ def flights_monitoring():
         )
 
     @task
+    @fail_fast
     def resolve_champion(data: dict) -> dict:
-        from pipelines.config import ConfigError
         from pipelines.runner import run_resolve_champion
-        from pipelines.steps.monitor import MonitorError
 
-        try:
-            return run_resolve_champion(_run_context(data["day"]))
-        except (MonitorError, ConfigError) as err:
-            raise _fail_clearly(err) from None
+        return run_resolve_champion(_run_context(data["day"]))
 
     @task
+    @fail_fast
     def check_data_drift(data: dict, champion: dict) -> dict:
-        from pipelines.config import ConfigError
         from pipelines.runner import run_check_data_drift
-        from pipelines.steps.monitor import MonitorError
 
-        try:
-            return run_check_data_drift(_run_context(data["day"]), champion)
-        except (MonitorError, ConfigError) as err:
-            raise _fail_clearly(err) from None
+        return run_check_data_drift(_run_context(data["day"]), champion)
 
     @task
+    @fail_fast
     def check_prediction_drift(data: dict, champion: dict) -> dict:
         from pipelines.runner import run_check_prediction_drift
-        from pipelines.steps.monitor import MonitorError
 
-        try:
-            return run_check_prediction_drift(_run_context(data["day"]), champion)
-        except MonitorError as err:
-            raise _fail_clearly(err) from None
+        return run_check_prediction_drift(_run_context(data["day"]), champion)
 
     @task
+    @fail_fast
     def check_performance(data: dict, champion: dict) -> dict:
         from pipelines.runner import run_check_performance
-        from pipelines.steps.monitor import MonitorError
 
-        try:
-            return run_check_performance(_run_context(data["day"]), champion)
-        except MonitorError as err:
-            raise _fail_clearly(err) from None
+        return run_check_performance(_run_context(data["day"]), champion)
 
     @task(inlets=[RETRAINING_REQUESTED])
+    @fail_fast
     def decide(data: dict, data_drift: dict, prediction_drift: dict, performance: dict) -> dict:
         from pipelines.runner import run_decide
 
@@ -226,6 +201,7 @@ def flights_monitoring():
     )
 
     @task(outlets=[RETRAINING_REQUESTED])
+    @fail_fast
     def record_retraining(decision: dict) -> dict:
         from pipelines.runner import run_record_retraining
 

@@ -51,13 +51,17 @@ import datetime as dt
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, get_current_context, task
 
+from pipelines.alerts import on_failure_callback
 from pipelines.assets import FLIGHTS_COLLECTED
+from pipelines.config import field_bounds
+from pipelines.errors import fail_fast
 
 DAG_ID = "flights_training"
 
 
 def _run_context():
     """The pipeline's view of the current task's DAG run (imports stay inside tasks)."""
+    from pipelines.config import ConfigError
     from pipelines.runner import RunContext
 
     ctx = get_current_context()
@@ -69,7 +73,7 @@ def _run_context():
     elif ctx.get("logical_date") is not None:
         run_day = ctx["logical_date"].date()
     else:
-        raise ValueError("this run has no data interval: set the 'data_date' parameter (YYYY-MM-DD)")
+        raise ConfigError("this run has no data interval: set the 'data_date' parameter (YYYY-MM-DD)")
     return RunContext.from_trigger(DAG_ID, ctx["run_id"], run_day, params)
 
 
@@ -82,26 +86,13 @@ def _train_placement() -> dict:
     return {"queue": train.queue, "pool": train.pool, "pool_slots": train.pool_slots}
 
 
-def _alert_failed_run(context) -> None:
-    from pipelines.alerts import on_failure_callback
-
-    on_failure_callback(context)
-
-
-def _fail_clearly(err: Exception):
-    """Bad data or configuration: fail without retrying, with the readable message only."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    return AirflowFailException(f"{type(err).__name__}: {err}")
-
-
 @dag(
     dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    on_failure_callback=_alert_failed_run,
+    on_failure_callback=on_failure_callback,
     tags=["mlops", "training"],
     doc_md=__doc__,
     default_args={
@@ -118,19 +109,20 @@ def _fail_clearly(err: Exception):
             description="Day of data to collect and train up to (YYYY-MM-DD). Empty: the data interval start.",
         ),
         "epochs": Param(
-            None, type=["null", "integer"], minimum=1, maximum=500, title="Epochs",
+            None, type=["null", "integer"], **field_bounds("train.epochs"), title="Epochs",
             description="Maximum training epochs (early stopping may end sooner). Empty: params.yaml.",
         ),
         "learning_rate": Param(
-            None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate",
-            description="Adam learning rate, in (0, 1]. Empty: params.yaml.",
+            None, type=["null", "number"], **field_bounds("train.learning_rate"), title="Learning rate",
+            description="Adam learning rate. Empty: params.yaml.",
         ),
         "batch_size": Param(
-            None, type=["null", "integer"], minimum=8, maximum=65536, title="Batch size",
+            None, type=["null", "integer"], **field_bounds("train.batch_size"), title="Batch size",
             description="Examples per batch and replica. Empty: params.yaml.",
         ),
         "training_window_days": Param(
-            None, type=["null", "integer"], minimum=3, maximum=3660, title="Training window (days)",
+            None, type=["null", "integer"], **field_bounds("preprocess.training_window_days"),
+            title="Training window (days)",
             description="Days of data ending on the data date: train, then validation, then holdout. Empty: params.yaml.",
         ),
         "trigger_reason": Param(
@@ -159,46 +151,38 @@ def _fail_clearly(err: Exception):
 def flights_training():
     # Its Asset event schedules the monitoring DAG (dags/flights_monitoring.py).
     @task(execution_timeout=dt.timedelta(minutes=10), outlets=[FLIGHTS_COLLECTED])
+    @fail_fast
     def collect() -> dict:
-        from pipelines.config import ConfigError
         from pipelines.runner import run_collect
-        from pipelines.steps.collect import CollectError
 
-        try:
-            return run_collect(_run_context())
-        except (ConfigError, CollectError) as err:
-            raise _fail_clearly(err) from None
+        return run_collect(_run_context())
 
     @task(execution_timeout=dt.timedelta(minutes=10))
+    @fail_fast
     def validate(collected: dict) -> dict:
         from pipelines.runner import run_validate
-        from pipelines.steps.validate import ValidationFailed
 
-        try:
-            return run_validate(_run_context(), collected)
-        except ValidationFailed as err:
-            raise _fail_clearly(err) from None
+        return run_validate(_run_context(), collected)
 
     # train.retrain: on_demand and nothing asked for a model: preprocess is skipped, and so are
     # train, evaluate and register by their trigger rules; version_data and batch_predict still run.
     @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=5))
+    @fail_fast
     def should_train(validated: dict) -> bool:
         from pipelines.runner import run_decide_training
 
         return bool(run_decide_training(_run_context(), dict(get_current_context()["params"]))["train"])
 
     @task(execution_timeout=dt.timedelta(minutes=15))
+    @fail_fast
     def preprocess(validated: dict) -> dict:
         from pipelines.runner import run_preprocess
-        from pipelines.steps.preprocess import PreprocessError
 
-        try:
-            return run_preprocess(_run_context())
-        except PreprocessError as err:
-            raise _fail_clearly(err) from None
+        return run_preprocess(_run_context())
 
     # Also after a skipped preprocess (processed is then None): the raw data only.
     @task(execution_timeout=dt.timedelta(minutes=15), retries=2, trigger_rule=TriggerRule.NONE_FAILED)
+    @fail_fast
     def version_data(processed: dict | None, validated: dict) -> dict:
         from pipelines.runner import run_version_data
 
@@ -206,6 +190,7 @@ def flights_training():
 
     # On GPU workers when params.yaml routes it there (train.queue / train.pool).
     @task(execution_timeout=dt.timedelta(minutes=60), **_train_placement())
+    @fail_fast
     def train(processed: dict, versioned: dict, validated: dict) -> dict:
         from pipelines.runner import run_record_trigger, run_train
 
@@ -214,12 +199,14 @@ def flights_training():
         return run_train(ctx, processed, validated)
 
     @task
+    @fail_fast
     def evaluate(processed: dict, trained: dict) -> dict:
         from pipelines.runner import run_evaluate
 
         return run_evaluate(_run_context(), processed, trained)
 
     @task
+    @fail_fast
     def register(processed: dict, trained: dict, evaluation: dict, versioned: dict) -> dict:
         from pipelines.runner import run_alert_promotion, run_register
 
@@ -230,14 +217,11 @@ def flights_training():
 
     # Also when register was skipped (no training tonight): the champion scores the next day.
     @task(trigger_rule=TriggerRule.NONE_FAILED)
+    @fail_fast
     def batch_predict(registered: dict | None) -> dict:
         from pipelines.runner import run_batch_predict
-        from pipelines.steps.validate import ValidationFailed
 
-        try:
-            return run_batch_predict(_run_context())
-        except ValidationFailed as err:
-            raise _fail_clearly(err) from None
+        return run_batch_predict(_run_context())
 
     validated = validate(collect())
     processed = preprocess(validated)

@@ -18,9 +18,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.errors import StepError
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of its allowed range."""
+
+class ConfigError(StepError, ValueError):
+    """A configuration value is missing, unknown or out of its allowed range.
+
+    A :class:`~pipelines.errors.StepError` (no retry fixes it) and a ``ValueError``.
+    """
 
 
 class _Section(BaseModel):
@@ -491,3 +496,40 @@ def load_params(path: str | Path) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw)
+
+
+# JSON-schema keywords of the bounds that pydantic's Field(ge=, gt=, le=, lt=) sets.
+_SCHEMA_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def field_bounds(dotted: str) -> dict[str, float]:
+    """The bounds of a ``params.yaml`` key as JSON-schema keywords.
+
+    The training DAG's trigger form takes them for its hyper-parameters, so the form
+    allows what the configuration allows, from this one definition.
+
+    Args:
+        dotted: the key, e.g. ``"train.epochs"`` (section names as in ``params.yaml``).
+
+    Returns:
+        Those of ``minimum``, ``exclusiveMinimum``, ``maximum``, ``exclusiveMaximum`` the key has.
+
+    Raises:
+        ConfigError: the key is not a field of ``params.yaml``.
+    """
+    model: Any = Params
+    field = None
+    for part in dotted.split("."):
+        if field is not None:
+            model = field.annotation
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        field = next((f for name, f in fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            raise ConfigError(f"unknown parameter '{dotted}'")
+    bounds: dict[str, float] = {}
+    for constraint in field.metadata:
+        for attr, keyword in _SCHEMA_BOUNDS.items():
+            value = getattr(constraint, attr, None)
+            if value is not None:
+                bounds[keyword] = value
+    return bounds

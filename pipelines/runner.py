@@ -87,6 +87,8 @@ def in_step_worker(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str,
     """Run the step in the warm step worker when ``MLOPS_STEP_WORKER=warm`` (see :mod:`pipelines.ops.worker`).
 
     Otherwise, and always inside the worker's own step processes, the step runs here.
+    Either way the caller gets the step's result or its exception, class and message
+    intact (a :class:`~pipelines.errors.StepError` stays one, for :func:`~pipelines.errors.fail_fast`).
     """
 
     @functools.wraps(fn)
@@ -411,6 +413,7 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
 # the window. Reports go to the run's folder and to the monitoring run in MLflow.
 
 
+@in_step_worker
 def run_check_published(ctx: RunContext) -> dict[str, Any]:
     """Whether the monitored day is published in ``data/raw`` yet (the DAG's sensor)."""
     from pipelines.data.partitions import partition_path
@@ -421,6 +424,7 @@ def run_check_published(ctx: RunContext) -> dict[str, Any]:
     return {"day": ctx.run_day.isoformat(), "source_day": day.isoformat(), "published": path.is_file(), "path": str(path)}
 
 
+@in_step_worker
 def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
     """The champion this monitoring run watches (version, reference, holdout metrics), resolved once."""
     from pipelines.steps import monitor
@@ -430,6 +434,7 @@ def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
     return champion.as_dict()
 
 
+@in_step_worker
 def run_check_data_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
     """Every feature of the recent window against the champion's reference."""
     from pipelines.steps import monitor
@@ -439,6 +444,7 @@ def run_check_data_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str,
     )
 
 
+@in_step_worker
 def run_check_prediction_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
     """The champion's probabilities on the window against its probabilities on the reference."""
     from pipelines.steps import monitor
@@ -448,6 +454,7 @@ def run_check_prediction_drift(ctx: RunContext, champion: dict[str, Any]) -> dic
     )
 
 
+@in_step_worker
 def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
     """The champion's metrics on the labelled days it scored in the window, against its holdout metrics."""
     from pipelines.steps import monitor
@@ -457,6 +464,7 @@ def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str
     )
 
 
+@in_step_worker
 def run_decide(
     ctx: RunContext,
     checks: dict[str, dict[str, Any]],
@@ -478,6 +486,7 @@ def run_decide(
     )
 
 
+@in_step_worker
 def run_record_retraining(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     """After the training run was created: alert, and note it on the monitoring run."""
     from pipelines import alerts
@@ -502,6 +511,8 @@ def run_record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[
     ``trigger_params`` are the DAG run's params; without ``trigger_reason`` nothing is
     recorded, and nothing is handed to the step worker.
     """
+    # Decided here, in the task's process: most training runs were not triggered by monitoring,
+    # and a round trip to the step worker for nothing is wasted time in every one of them.
     if not trigger_params.get("trigger_reason"):
         return {"recorded": False}
     return _record_trigger(ctx, trigger_params)
@@ -519,6 +530,7 @@ def _record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str
     return {"recorded": True, "mlflow_run_id": run_id, "reason": reason, "report": report}
 
 
+@in_step_worker
 def run_alert_promotion(ctx: RunContext, registered: dict[str, Any]) -> dict[str, Any]:
     """Alert ``promotion_refused`` when the registered version did not become champion."""
     from pipelines import alerts

@@ -11,21 +11,19 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipelines.config import FeatureSpec, LabelRule
-from pipelines.lazy import lazy
+import numpy as np
+import pandas as pd
 
-# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
-np = lazy("numpy")
-pd = lazy("pandas")
+from pipelines.config import FeatureSpec, LabelRule
 
 LABEL = "label"
 MISSING_CATEGORY = ""
 
-_OPS = {  # NumPy's comparison ufuncs, by name (NumPy is imported on first use)
-    "gt": "greater",
-    "ge": "greater_equal",
-    "lt": "less",
-    "le": "less_equal",
+_OPS = {  # label_rule.operator -> NumPy's comparison ufunc
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "lt": np.less,
+    "le": np.less_equal,
 }
 
 
@@ -37,7 +35,7 @@ def apply_label_rule(frame: pd.DataFrame, rule: LabelRule) -> pd.DataFrame:
     """
     values = pd.to_numeric(frame[rule.source_column], errors="coerce")
     missing = values.isna().to_numpy()
-    label = getattr(np, _OPS[rule.operator])(values.fillna(0).to_numpy(), rule.threshold).astype(np.int64)
+    label = _OPS[rule.operator](values.fillna(0).to_numpy(), rule.threshold).astype(np.int64)
     if rule.missing == "positive":
         label[missing] = 1
     elif rule.missing == "negative":

@@ -23,17 +23,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from pipelines.config import DatasetConfig, FilesSource, Nycflights13Source, SqlSource
 from pipelines.data.partitions import partition_path, write_partition
-from pipelines.lazy import lazy
-
-# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
-pd = lazy("pandas")
+from pipelines.errors import CollectError
 
 log = logging.getLogger(__name__)
-
-class CollectError(RuntimeError):
-    """The source could not deliver a day's rows."""
 
 
 # --------------------------------------------------------------------------- dates

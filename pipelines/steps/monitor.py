@@ -35,6 +35,7 @@ import pandas as pd
 
 from pipelines.config import ConfigError, DatasetConfig, MonitorConfig, Params
 from pipelines.data.partitions import read_days
+from pipelines.errors import MonitorError
 from pipelines.settings import Settings
 from pipelines.tracking import Tracking
 
@@ -46,10 +47,6 @@ REFERENCE_FILE = "reference.parquet"
 REFERENCE_URI_TAG = "monitoring.reference_uri"  # model version tag: where its reference is
 REPORT_ARTIFACT_DIR = "reports"  # in the MLflow run of the monitoring run
 HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "precision": True, "recall": True, "log_loss": False, "brier": False}
-
-
-class MonitorError(RuntimeError):
-    """Monitoring cannot run: no champion, no reference, nothing to compare."""
 
 
 # --------------------------------------------------------------------------- the reference

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import DatasetConfig, Params, PreprocessConfig
+import numpy as np
+import pandas as pd
+
+from pipelines.config import DatasetConfig, PreprocessConfig
 from pipelines.data.partitions import partition_path, partition_rows, partitions_schema, read_partitions
-from pipelines.lazy import lazy
+from pipelines.errors import PreprocessError
 from pipelines.model.features import LABEL, apply_label_rule, files_fingerprint, to_model_inputs
 from pipelines.steps.collect import training_window
-
-# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
-np = lazy("numpy")
-pd = lazy("pandas")
+from pipelines.validation.suite import REFERENCE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ STATS_FILE = "stats.json"
 QUANTILE_LEVELS = 257
 QUANTILE_SEED = 0
 MANIFEST_FILE = "manifest.json"
-REFERENCE_FILE = "reference.json"
-
-
-class PreprocessError(RuntimeError):
-    """The published data cannot make a training set (missing days, a split too short)."""
 
 
 def window_partitions(spec: DatasetConfig, raw_dir: Path, end_day: dt.date, window_days: int) -> tuple[list[dt.date], list[Path]]:

@@ -38,17 +38,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
 from pipelines.config import DatasetConfig, Params, ValidateConfig
 from pipelines.data.partitions import PART_FILE, partition_dir, partition_rows, partitions_schema, read_partitions
-from pipelines.lazy import lazy
+from pipelines.errors import ValidationFailed
 from pipelines.steps.preprocess import REFERENCE_FILE
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-# Imported on first use: tasks import this module for its names only (pipelines/lazy.py).
-pd = lazy("pandas")
-np = lazy("numpy")
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +59,6 @@ _TYPES: dict[str, list[str]] = {
     "string": ["object", "string", "str", "category"],
     "date": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
 }
-
-
-class ValidationFailed(RuntimeError):
-    """A batch failed the gate; the message lists each failed rule."""
-
-    def __init__(self, message: str, report: ValidationReport):
-        super().__init__(message)
-        self.report = report
-
-    def __reduce__(self):
-        # With its report, so it crosses from the step worker's process to the task intact.
-        return (type(self), (str(self), self.report))
 
 
 @dataclass

@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipelines.errors import VersioningError
+
 DEFAULT_BRANCH = "datasets"
 DEFAULT_REMOTE_NAME = "storage"
 LOCK_FILE = "flights-mlops-versioning.lock"  # in the repository's git directory
@@ -58,10 +60,6 @@ _FALLBACK_IDENTITY = {
     "GIT_COMMITTER_NAME": "flights-mlops pipeline",
     "GIT_COMMITTER_EMAIL": "flights-mlops@localhost",
 }
-
-
-class VersioningError(RuntimeError):
-    """A DVC or git operation failed; the message says which, where, and why."""
 
 
 @dataclasses.dataclass(frozen=True)

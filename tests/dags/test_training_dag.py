@@ -41,6 +41,31 @@ def test_parsing_imports_no_heavy_library() -> None:
     assert report == {"errors": [], "heavy": []}
 
 
+def test_task_processes_start_light() -> None:
+    """What a task process imports before its step runs: no pandas, NumPy or Arrow either.
+
+    With the step worker the step itself runs elsewhere; the task parses the DAG, imports the
+    runner and, when the step fails, unpickles its error (from pipelines.errors).
+    """
+    code = (
+        "import json, pickle, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "import pipelines.runner, pipelines.alerts\n"
+        "from pipelines import errors\n"
+        "blobs = [pickle.dumps(c('bad')) for c in (errors.StepError, errors.CollectError, errors.PreprocessError,"
+        " errors.MonitorError, errors.VersioningError)]\n"
+        "from pipelines.config import ConfigError\n"
+        "blobs.append(pickle.dumps(ConfigError('bad')))\n"
+        "assert all(isinstance(pickle.loads(b), errors.StepError) for b in blobs)\n"
+        f"heavy = [m for m in {(*HEAVY, 'pandas', 'numpy', 'pyarrow')!r} if m in sys.modules]\n"
+        "print(json.dumps({'errors': list(bag.import_errors), 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"errors": [], "heavy": []}
+
+
 def test_training_dag_shape(dagbag) -> None:
     dag = dagbag.dags["flights_training"]
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
@@ -116,6 +141,52 @@ def test_trigger_params_map_onto_params_yaml(dagbag) -> None:
     for dotted in PARAM_OVERRIDES.values():
         section, key = dotted.split(".")
         assert params.with_overrides({dotted: raw[section][key]}) == params
+
+
+def test_trigger_form_bounds_are_the_configs(dagbag) -> None:
+    """The form refuses what params.yaml's validation refuses: its bounds come from the config's fields."""
+    from pipelines.config import field_bounds
+    from pipelines.runner import PARAM_OVERRIDES
+
+    keywords = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+    params = dagbag.dags["flights_training"].params
+    for name, dotted in PARAM_OVERRIDES.items():
+        schema = params.get_param(name).schema
+        form = {k: schema[k] for k in keywords if k in schema}
+        assert form, f"{name} has no bounds on the form"
+        assert form == field_bounds(dotted), name
+
+
+def test_field_bounds_name_a_real_key() -> None:
+    from pipelines.config import ConfigError, field_bounds
+
+    assert field_bounds("train.learning_rate") == {"exclusiveMinimum": 0, "maximum": 1}
+    assert field_bounds("validate.chunk_rows") == {"minimum": 1000}  # a section under its params.yaml name
+    with pytest.raises(ConfigError, match="train.epoch'"):
+        field_bounds("train.epoch")
+
+
+def test_bad_configuration_fails_the_task_at_once_and_alerts(dagbag, airflow_db) -> None:
+    """force_promotion without a reason: collect fails on its first try (no retry), and a failure alert goes out."""
+    import datetime as dt
+
+    from pipelines.alerts import read_alerts
+    from pipelines.settings import resolve
+
+    dag = dagbag.dags["flights_training"]
+    before = len(read_alerts(resolve().home))
+    dag_run = dag.test(
+        logical_date=dt.datetime(2013, 6, 2, 3, tzinfo=dt.UTC),
+        run_conf={"data_date": "2013-06-01", "force_promotion": True, "promotion_reason": "why"},
+    )
+    tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "failed"
+    assert tis["collect"].state == "failed"
+    assert tis["collect"].try_number == 1, "a bad configuration is not retried"
+    for downstream in ("validate", "preprocess", "version_data", "train", "batch_predict"):
+        assert tis[downstream].state in ("upstream_failed", None), downstream
+    alerts = [a for a in read_alerts(resolve().home)[before:] if a["run_id"] == dag_run.run_id]
+    assert [(a["event"], a["details"]["task_id"]) for a in alerts] == [("run_failed", "collect")]
 
 
 def _parse_in_fresh_interpreter(params_path: Path) -> dict:
