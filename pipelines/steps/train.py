@@ -179,7 +179,7 @@ def fit_model(
             shutil.rmtree(stale, ignore_errors=True)
     cache_files = Path(tempfile.mkdtemp(prefix="tfdata-cache-", dir=cache_dir))
 
-    def dataset(split: str, **kwargs: Any):
+    def split_dataset(split: str, **kwargs: Any):
         plan = cache_plan(cfg.cache, splits[split]["rows"], row_bytes, cfg.cache_memory_mb)
         log.info("%s split: %d rows, cache %s (train.cache: %s)", split, splits[split]["rows"], plan, cfg.cache)
         return make_dataset(
@@ -194,8 +194,8 @@ def fit_model(
             **kwargs,
         )
 
-    train_ds = dataset("train", shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
-    val_ds = dataset("validation")
+    train_ds = split_dataset("train", shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    val_ds = split_dataset("validation")
     with hardware.strategy.scope():
         core = build_core_model(preprocessing, cfg, steps_per_epoch=-(-splits["train"]["rows"] // global_batch))
     early_stopping = keras.callbacks.EarlyStopping(
