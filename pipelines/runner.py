@@ -195,102 +195,39 @@ def run_preprocess(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def effective_params_yaml(params: Params, window_end: dt.date, note: str) -> str:
-    """The params a run actually used, as a ``params.yaml`` that ``dvc repro`` can run with."""
-    import yaml
-
-    raw = params.model_dump(by_alias=True, mode="json")
-    raw["preprocess"]["window_end"] = window_end.isoformat()
-    header = f"# Effective parameters of {note}: params.yaml with the run's overrides and window end.\n"
-    return header + yaml.safe_dump(raw, sort_keys=False)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src``, swapping folders so readers never see a half copy."""
-    import shutil
-
-    staging = dst.with_name(f".{dst.name}.incoming")
-    old = dst.with_name(f".{dst.name}.old")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.copytree(src, staging)
-    if dst.exists():
-        dst.rename(old)
-    staging.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @in_step_worker
 def run_version_data(
     ctx: RunContext, processed: dict[str, Any] | None, validated: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Record the raw partitions and this run's processed data as a DVC dataset version.
 
-    The processed data is published to ``data/processed``; both folders are
-    pushed to the DVC remote and their pointers committed on the ``datasets``
-    branch with the run's effective ``params.yaml``. Serialised by a lock, so
-    overlapping runs never interleave DVC or git operations.
-
-    ``processed`` is None in a run that did not preprocess (``train.retrain: on_demand``):
-    the version then holds the raw partitions only, and ``data/processed`` keeps the
-    champion's training data (the reference the next validations learn from).
+    See :func:`pipelines.steps.version.version_data`; ``processed`` is None in a run that
+    did not preprocess (``train.retrain: on_demand``).
     """
-    settings = ctx.settings
-    base = {"data_fingerprint": processed["data_fingerprint"] if processed else None, "raw_only": processed is None}
-    if not settings.versioning:
-        if processed is not None:
-            # Still published: the next run's validation learns from its reference statistics.
-            _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
-        log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
-        return {**base, "versioned": False}
-    from pipelines.data import datasheet
-    from pipelines.steps import version as versioning
     from pipelines.steps.collect import source_date
+    from pipelines.steps.version import version_data
 
-    repo = settings.dvc_repo
-    if not settings.data_dir.is_relative_to(repo):
-        raise versioning.VersioningError(
-            f"the data folder {settings.data_dir} is outside the DVC repository {repo}: "
-            "set MLOPS_DATA_DIR inside it, MLOPS_DVC_REPO around it, or MLOPS_VERSIONING=off"
-        )
-    end = source_date(ctx.params.dataset, ctx.run_day)
-    params = ctx.params
-    note = f"{ctx.dag_id} run {ctx.run_id}"
-    with versioning.dvc_lock(repo):
-        versioning.ensure_dvc(repo)
-        versioning.configure_remote(
-            repo, versioning.default_remote_url(), endpoint_url=versioning.default_remote_endpoint()
-        )
-        # Before touching data/processed: an unreachable remote must leave it as it was.
-        versioning.check_default_remote(repo)
-        git_remote = os.environ.get("MLOPS_DATASETS_GIT_REMOTE")
-        if git_remote:
-            versioning.sync_branch(repo, git_remote)
-        if processed is not None:
-            _replace_dir(Path(processed["processed_dir"]), settings.processed_dir)
-        else:
-            log.info("this run did not preprocess: the dataset version holds the raw partitions only")
-        processed_dir = settings.processed_dir if processed is not None else None
-        version = versioning.record_dataset_version(
-            repo,
-            [settings.raw_dir] if processed_dir is None else [settings.raw_dir, processed_dir],
-            message=f"Dataset for {end.isoformat()} ({note}{', raw data only' if processed_dir is None else ''})",
-            contents={
-                "params.yaml": effective_params_yaml(ctx.params, end, note),
-                "DATASHEET.md": datasheet.render(
-                    ctx.params, settings.raw_dir, processed_dir, versioning.default_remote_url(), validated
-                ),
-            },
-        )
-        if git_remote:
-            versioning.push_branch(repo, git_remote, version.branch)
-    log.info("dataset version %s on branch %s (%s)", version.git_rev, version.branch, version.content_hash)
+    settings = ctx.settings
+    version = version_data(
+        ctx.params,
+        source_date(ctx.params.dataset, ctx.run_day),
+        f"{ctx.dag_id} run {ctx.run_id}",
+        repo=settings.dvc_repo,
+        raw_dir=settings.raw_dir,
+        published_dir=settings.processed_dir,
+        processed_dir=Path(processed["processed_dir"]) if processed is not None else None,
+        validation=validated,
+        git_remote=os.environ.get("MLOPS_DATASETS_GIT_REMOTE") or None,
+        enabled=settings.versioning,
+    )
+    base = {"data_fingerprint": processed["data_fingerprint"] if processed else None, "raw_only": processed is None}
+    if version is None:
+        return {**base, "versioned": False}
     return {**base, "versioned": True, **version.as_dict()}
 
 
 @in_step_worker
 def run_train(ctx: RunContext, processed: dict[str, Any], validated: dict[str, Any] | None = None) -> dict[str, Any]:
-    params = ctx.params
     from pipelines.steps.train import train
 
     params = ctx.params
@@ -349,6 +286,7 @@ def run_register(
         )
     else:
         lineage["dataset_git_rev"] = "not versioned (MLOPS_VERSIONING=off)"
+    params = ctx.params
     return register(
         params.dataset,
         params.train,
@@ -371,6 +309,7 @@ def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
     from pipelines.steps.predict import batch_predict
     from pipelines.steps.validate import load_reference
 
+    params = ctx.params
     return batch_predict(
         params.dataset,
         params.validate_,

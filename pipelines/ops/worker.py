@@ -84,6 +84,7 @@ PRELOAD = (
     "great_expectations.expectations",
     "pipelines.steps.validate",
     "pipelines.steps.preprocess",
+    "pipelines.data.dvc_repo",
     "pipelines.steps.version",
     "pipelines.data.datasheet",
     "mlflow",

@@ -1,4 +1,4 @@
-"""Versioning: record the pipeline's data sets with DVC on a dedicated git branch.
+"""The version_data step: record the pipeline's data sets with DVC on a dedicated git branch.
 
 A *dataset version* is a git commit on the ``datasets`` branch (name
 configurable) whose tree is the code at the developer's ``HEAD`` plus the DVC
@@ -18,48 +18,34 @@ or working tree:
   ``git status`` is the same before and after. The pointers' contents are in
   the returned :class:`DatasetVersion` and in the commit.
 
-A data scientist on another machine gets a version back with
+:func:`version_data` is the step (publish the run's processed data, record the
+version, push the branch); :func:`record_dataset_version` records one version;
+a data scientist on another machine gets it back with
 :func:`restore_dataset_version` (``git clone``, ``git checkout``, ``dvc pull``).
-
-DVC runs through its command line, one subprocess per command; every DVC and
-git operation on a repository holds :func:`dvc_lock`, so two pipeline runs
-never run them at once (DVC itself fails, rather than waits, on its own lock).
-
-Environment variables:
-    MLOPS_DVC_REMOTE_URL       the DVC remote (default: ``~/.cache/flights-mlops/dvc-remote``)
-    MLOPS_DVC_REMOTE_ENDPOINT  the S3 endpoint of that remote (MinIO, moto); unset for AWS
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
-                               S3 credentials, read by DVC from the environment, never written
+The git and DVC commands, the repository lock and the remotes are in
+:mod:`pipelines.data.dvc_repo`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
+import logging
 import os
-import shlex
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from pipelines.config import Params
+from pipelines.data import dvc_repo
+from pipelines.data.dvc_repo import DEFAULT_REMOTE_NAME, default_remote_endpoint, default_remote_url, dvc_lock
 from pipelines.errors import VersioningError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BRANCH = "datasets"
-DEFAULT_REMOTE_NAME = "storage"
-LOCK_FILE = "flights-mlops-versioning.lock"  # in the repository's git directory
-_DVC_PROJECT_FILES = (".dvc/config", ".dvc/.gitignore", ".dvcignore")
-_FALLBACK_IDENTITY = {
-    "GIT_AUTHOR_NAME": "flights-mlops pipeline",
-    "GIT_AUTHOR_EMAIL": "flights-mlops@localhost",
-    "GIT_COMMITTER_NAME": "flights-mlops pipeline",
-    "GIT_COMMITTER_EMAIL": "flights-mlops@localhost",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,331 +70,118 @@ class DatasetVersion:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------- commands
+# --------------------------------------------------------------------------- the step
 
 
-def _explain(stdout: str | None, stderr: str | None, lines: int = 12) -> str:
-    text = "\n".join(s for s in (stderr, stdout) if s)
-    kept = [
-        ln.strip()
-        for ln in text.splitlines()
-        if ln.strip() and "Having any troubles?" not in ln and "dvc.org/support" not in ln
-    ]
-    return " | ".join(kept[-lines:]) or "no output"
-
-
-def _run(
-    cmd: list[str],
-    cwd: Path,
+def version_data(
+    params: Params,
+    window_end: dt.date,
+    note: str,
     *,
-    env: Mapping[str, str] | None = None,
-    stdin: str | None = None,
-    what: str | None = None,
-) -> str:
-    """Run a command, return its stdout; a failure becomes a :class:`VersioningError`."""
-    try:
-        done = subprocess.run(
-            cmd,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except FileNotFoundError as err:
-        raise VersioningError(f"cannot run {cmd[0]!r}: {err}") from None
-    except subprocess.CalledProcessError as err:
-        raise VersioningError(
-            f"`{what or shlex.join(cmd)}` failed in {cwd} (exit {err.returncode}): {_explain(err.stdout, err.stderr)}"
-        ) from None
-    return done.stdout
+    repo: Path,
+    raw_dir: Path,
+    published_dir: Path,
+    processed_dir: Path | None,
+    validation: dict[str, Any] | None = None,
+    git_remote: str | None = None,
+    enabled: bool = True,
+) -> DatasetVersion | None:
+    """Publish this run's processed data and record it with the raw partitions as a dataset version.
 
-
-def _dvc_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    # Analytics would spawn a reporting daemon per command; off whatever the config says.
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", **(extra or {})}
-
-
-def _dvc(repo: Path, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], repo, env=_dvc_env(), what="dvc " + shlex.join(args))
-
-
-def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None) -> str:
-    return _run(["git", *args], repo, env=env, stdin=stdin, what="git " + shlex.join(args)).strip()
-
-
-def _git_ok(repo: Path, *args: str) -> str | None:
-    """stdout of a git query, or None when it answers no (non-zero exit)."""
-    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _toplevel(repo: Path) -> Path:
-    """The repository's root; ``repo`` must be it (DVC projects live at the top of the work tree)."""
-    repo = Path(repo).expanduser().resolve()
-    if not repo.is_dir():
-        raise VersioningError(f"{repo} is not a directory")
-    top = _git_ok(repo, "rev-parse", "--show-toplevel")
-    if top is None:
-        raise VersioningError(f"{repo} is not inside a git repository (DVC needs one)")
-    if Path(top).resolve() != repo:
-        raise VersioningError(f"{repo} is not the top of its git work tree ({top})")
-    return repo
-
-
-# --------------------------------------------------------------------------- lock
-
-_held: dict[tuple[str, int], int] = {}
-_held_guard = threading.Lock()
-
-
-def _lock_file(repo: Path) -> Path:
-    repo = _toplevel(repo)
-    # The git directory exists before `dvc init` (which cannot run over an existing
-    # .dvc/), is never committed, and is shared by every process using this repository.
-    common = Path(_git(repo, "rev-parse", "--git-common-dir"))
-    return (common if common.is_absolute() else repo / common).resolve() / LOCK_FILE
-
-
-@contextlib.contextmanager
-def dvc_lock(repo: Path, timeout: float = 600) -> Iterator[Path]:
-    """Hold the repository's versioning lock (``fcntl.flock``) for the ``with`` block.
-
-    Re-entrant within a thread, so a caller may hold it around several of this
-    module's functions. The lock file is ``<git dir>/flights-mlops-versioning.lock``.
+    Under the repository's lock: make ``repo`` a DVC project with the default
+    remote (``MLOPS_DVC_REMOTE_URL``), check the remote before anything is
+    written, bring the dataset branch up to ``git_remote``'s, publish
+    ``processed_dir`` to ``published_dir``, record both folders (pushed to the
+    remote, pointers committed on the branch with the run's effective
+    ``params.yaml`` and a datasheet), then push the branch to ``git_remote``.
 
     Args:
-        repo: the repository's top folder.
-        timeout: seconds to wait for another holder before giving up.
-
-    Yields:
-        The lock file's path.
-
-    Raises:
-        TimeoutError: another process or thread held the lock for ``timeout`` seconds.
-    """
-    import fcntl
-    import socket
-
-    path = _lock_file(repo)
-    key = (str(path), threading.get_ident())
-    with _held_guard:
-        reentered = key in _held
-        if reentered:
-            _held[key] += 1
-    if reentered:
-        try:
-            yield path
-        finally:
-            with _held_guard:
-                _held[key] -= 1
-        return
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown holder"
-                    raise TimeoutError(
-                        f"could not acquire the DVC versioning lock {path} within {timeout:g} s: "
-                        f"another pipeline run is versioning data in this repository ({holder})"
-                    ) from None
-                time.sleep(min(0.05, left))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, thread {threading.get_ident()}\n".encode(), 0)
-        with _held_guard:
-            _held[key] = 1
-        try:
-            yield path
-        finally:
-            with _held_guard:
-                del _held[key]
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------- setup
-
-
-def _read_ini(path: Path) -> dict[str, dict[str, str]]:
-    import configparser
-
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read(path, encoding="utf-8")
-    except configparser.Error as err:
-        raise VersioningError(f"{path} cannot be parsed: {err}") from None
-    return {s: dict(parser[s]) for s in parser.sections()}
-
-
-def _index_entries(repo: Path, *paths: str) -> dict[str, str]:
-    out = _git(repo, "ls-files", "--stage", "--", *paths)
-    return {line.split("\t", 1)[1]: line for line in out.splitlines() if "\t" in line}
-
-
-def ensure_dvc(repo: Path) -> None:
-    """Make ``repo`` a DVC project (``dvc init`` once) with analytics and auto-staging off.
-
-    Idempotent. ``dvc init`` stages its files in git; they are unstaged again so
-    the developer's index is left as it was: commit ``.dvc/config``,
-    ``.dvc/.gitignore`` and ``.dvcignore`` yourself (dataset commits carry them
-    either way).
-    """
-    repo = _toplevel(repo)
-    with dvc_lock(repo):
-        if not (repo / ".dvc").is_dir():
-            before = _index_entries(repo, *_DVC_PROJECT_FILES)
-            _dvc(repo, "init", "--quiet")
-            after = _index_entries(repo, *_DVC_PROJECT_FILES)
-            added = sorted(set(after) - set(before))
-            changed = [before[p] for p in before if after.get(p) != before[p]]
-            if added:
-                _git(repo, "update-index", "--force-remove", "--", *added)
-            if changed:
-                _git(repo, "update-index", "--index-info", stdin="\n".join(changed) + "\n")
-        core = _read_ini(repo / ".dvc" / "config").get("core", {})
-        for key in ("analytics", "autostage"):
-            if core.get(key, "").lower() != "false":
-                _dvc(repo, "config", f"core.{key}", "false")
-
-
-def default_remote_url(env: Mapping[str, str] | None = None) -> str:
-    """``MLOPS_DVC_REMOTE_URL``, else a local folder outside any work tree.
-
-    The local default is ``$XDG_CACHE_HOME/flights-mlops/dvc-remote``, which is
-    ``~/.cache/flights-mlops/dvc-remote`` when ``XDG_CACHE_HOME`` is unset.
-    """
-    env = os.environ if env is None else env
-    if env.get("MLOPS_DVC_REMOTE_URL"):
-        return env["MLOPS_DVC_REMOTE_URL"]
-    cache = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return str(Path(cache).expanduser() / "flights-mlops" / "dvc-remote")
-
-
-def default_remote_endpoint(env: Mapping[str, str] | None = None) -> str | None:
-    """``MLOPS_DVC_REMOTE_ENDPOINT`` (an S3 endpoint such as MinIO's), or None."""
-    env = os.environ if env is None else env
-    return env.get("MLOPS_DVC_REMOTE_ENDPOINT") or None
-
-
-def _is_local(url: str) -> bool:
-    scheme = urlsplit(url).scheme
-    return scheme in ("", "file") or len(scheme) == 1  # a bare path (or a Windows drive)
-
-
-def _local_path(url: str, base: Path) -> Path:
-    raw = urlsplit(url).path if url.startswith("file://") else url
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
-
-
-def configure_remote(repo: Path, url: str, *, name: str = DEFAULT_REMOTE_NAME, endpoint_url: str | None = None) -> None:
-    """Make ``url`` the default DVC remote of this checkout only (``.dvc/config.local``).
-
-    The local config is git-ignored, so a machine's remote is never committed.
-    Credentials are never written: for S3, DVC reads ``AWS_*`` from the environment.
-
-    Args:
-        repo: the repository's top folder (a DVC project: see :func:`ensure_dvc`).
-        url: a local folder, or an object-store URL (``s3://bucket/prefix``).
-        name: the remote's name; an existing remote of that name is replaced.
-        endpoint_url: the S3 endpoint (MinIO, moto); S3 URLs only.
-    """
-    parts = urlsplit(url)
-    if endpoint_url is not None and parts.scheme != "s3":
-        raise ValueError(f"endpoint_url is for s3:// remotes, not {url!r}")
-    for value in (url, endpoint_url):
-        if value and (urlsplit(value).username or urlsplit(value).password):
-            raise ValueError(f"{value!r} embeds credentials: pass them as AWS_* environment variables")
-    repo = _toplevel(repo)
-    if _is_local(url):
-        url = str(_local_path(url, Path.cwd()))
-    with dvc_lock(repo):
-        if not (repo / ".dvc" / "config").is_file():
-            raise VersioningError(f"{repo} is not a DVC project: call ensure_dvc first")
-        # --force replaces the whole section, so no option of an earlier remote of that name survives.
-        _dvc(repo, "remote", "add", "--local", "--force", "--default", name, url)
-        if endpoint_url:
-            _dvc(repo, "remote", "modify", "--local", name, "endpointurl", endpoint_url)
-
-
-# --------------------------------------------------------------------------- remotes
-
-
-@dataclasses.dataclass(frozen=True)
-class _Remote:
-    name: str
-    url: str
-    endpoint: str | None
-
-    def describe(self) -> str:
-        where = f"{self.url}, endpoint {self.endpoint}" if self.endpoint else self.url
-        return f"DVC remote '{self.name}' ({where})"
-
-
-def _default_remote(repo: Path) -> _Remote:
-    values: dict[str, tuple[str, str]] = {}
-    for line in _dvc(repo, "config", "--list", "--show-origin").splitlines():
-        origin, _, setting = line.partition("\t")
-        key, sep, value = setting.partition("=")
-        if sep:
-            values[key.strip()] = (origin.strip(), value.strip())
-    name = values.get("core.remote", ("", ""))[1]
-    if not name:
-        raise VersioningError(
-            f"no default DVC remote in {repo}: call configure_remote(repo, default_remote_url()) first"
-        )
-    if f"remote.{name}.url" not in values:
-        raise VersioningError(f"the default DVC remote '{name}' of {repo} is not defined (no remote.{name}.url)")
-    origin, url = values[f"remote.{name}.url"]
-    if _is_local(url):  # DVC reads a relative path relative to the config file that holds it
-        url = str(_local_path(url, (repo / origin).parent))
-    endpoint = values.get(f"remote.{name}.endpointurl", ("", ""))[1] or None
-    return _Remote(name=name, url=url, endpoint=endpoint)
-
-
-def check_default_remote(repo: Path) -> str:
-    """Fail fast, naming the remote, if the default DVC remote is missing or unreachable.
+        params: the run's effective params: the version's ``params.yaml`` is all of it
+            (so ``dvc repro`` there runs what the run ran), and its datasheet reads it.
+        window_end: the last day of the training window, in the source's calendar.
+        note: which run records it (``<dag id> run <run id>``), for the commit and the params' header.
+        repo: the DVC repository's top folder; ``raw_dir`` and ``published_dir`` lie inside it.
+        raw_dir: the published raw partitions (``data/raw``).
+        published_dir: where processed data is published (``data/processed``).
+        processed_dir: this run's processed data; None in a run that did not preprocess
+            (``train.retrain: on_demand``): the version then holds the raw partitions only,
+            and ``published_dir`` keeps the champion's training data (the reference the
+            next validations learn from).
+        validation: the validation report of the run's batch, for the datasheet.
+        git_remote: a git remote the dataset branch is synced from and pushed to; None: local only.
+        enabled: False (``MLOPS_VERSIONING=off``) publishes the processed data and records nothing.
 
     Returns:
-        A description of the remote (name and URL).
+        The recorded version, or None when ``enabled`` is False.
+
+    Raises:
+        VersioningError: the data lies outside ``repo``, or the remote, DVC or git failed
+            (``published_dir`` is left as it was when the remote is unusable).
     """
-    remote = _default_remote(_toplevel(repo))
-    _check_remote(remote)
-    return remote.describe()
+    if not enabled:
+        if processed_dir is not None:
+            # Still published: the next run's validation learns from its reference statistics.
+            publish(processed_dir, published_dir)
+        log.warning("MLOPS_VERSIONING=off: this run's data is not recorded as a dataset version")
+        return None
+    from pipelines.data import datasheet
+
+    for folder in (raw_dir, published_dir):
+        if not folder.is_relative_to(repo):
+            raise VersioningError(
+                f"the data folder {folder} is outside the DVC repository {repo}: "
+                "set MLOPS_DATA_DIR inside it, MLOPS_DVC_REPO around it, or MLOPS_VERSIONING=off"
+            )
+    remote_url = default_remote_url()
+    with dvc_lock(repo):
+        dvc_repo.ensure_dvc(repo)
+        dvc_repo.configure_remote(repo, remote_url, endpoint_url=default_remote_endpoint())
+        # Before touching the published data: an unreachable remote must leave it as it was.
+        dvc_repo.check_default_remote(repo)
+        if git_remote:
+            dvc_repo.sync_branch(repo, git_remote, DEFAULT_BRANCH)
+        if processed_dir is not None:
+            publish(processed_dir, published_dir)
+        else:
+            log.info("this run did not preprocess: the dataset version holds the raw partitions only")
+        recorded = [raw_dir] if processed_dir is None else [raw_dir, published_dir]
+        shown = published_dir if processed_dir is not None else None
+        version = record_dataset_version(
+            repo,
+            recorded,
+            message=f"Dataset for {window_end.isoformat()} ({note}{', raw data only' if processed_dir is None else ''})",
+            contents={
+                "params.yaml": effective_params_yaml(params, window_end, note),
+                "DATASHEET.md": datasheet.render(params, raw_dir, shown, remote_url, validation),
+            },
+        )
+        if git_remote:
+            dvc_repo.push_branch(repo, git_remote, version.branch)
+    log.info("dataset version %s on branch %s (%s)", version.git_rev, version.branch, version.content_hash)
+    return version
 
 
-def _check_remote(remote: _Remote) -> None:
-    """Fail before anything is written when the remote obviously cannot take a push."""
-    import socket
+def effective_params_yaml(params: Params, window_end: dt.date, note: str) -> str:
+    """The params a run actually used, as a ``params.yaml`` that ``dvc repro`` can run with."""
+    import yaml
 
-    if _is_local(remote.url):
-        path = Path(remote.url)
-        if path.exists() and not path.is_dir():
-            raise VersioningError(f"{remote.describe()} is unusable: {path} exists and is not a directory")
-        parent = path
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise VersioningError(f"{remote.describe()} is unusable: {parent} is not a writable directory")
-        return
-    if remote.endpoint:
-        ep = urlsplit(remote.endpoint)
-        port = ep.port or (443 if ep.scheme == "https" else 80)
-        try:
-            with socket.create_connection((ep.hostname or "localhost", port), timeout=10):
-                pass
-        except OSError as err:
-            raise VersioningError(f"{remote.describe()} is unreachable: {err}") from None
+    raw = params.model_dump(by_alias=True, mode="json")
+    raw["preprocess"]["window_end"] = window_end.isoformat()
+    header = f"# Effective parameters of {note}: params.yaml with the run's overrides and window end.\n"
+    return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src``, swapping folders so readers never see a half copy."""
+    staging = dst.with_name(f".{dst.name}.incoming")
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(src, staging)
+    if dst.exists():
+        dst.rename(old)
+    staging.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- record
@@ -462,16 +235,8 @@ def _pointer_hashes(repo: Path, pointer: str) -> dict[str, str]:
     return hashes
 
 
-def _identity_env(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    if _git_ok(repo, "var", "GIT_COMMITTER_IDENT") is None or _git_ok(repo, "var", "GIT_AUTHOR_IDENT") is None:
-        for key, value in _FALLBACK_IDENTITY.items():
-            env.setdefault(key, value)
-    return env
-
-
 def _checked_out_branches(repo: Path) -> set[str]:
-    out = _git(repo, "worktree", "list", "--porcelain")
+    out = dvc_repo.git(repo, "worktree", "list", "--porcelain")
     return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("branch ")}
 
 
@@ -490,21 +255,21 @@ def _commit_tree(
     """
     import tempfile
 
-    git_dir = Path(_git(repo, "rev-parse", "--absolute-git-dir"))
+    git_dir = Path(dvc_repo.git(repo, "rev-parse", "--absolute-git-dir"))
     with tempfile.TemporaryDirectory(dir=git_dir, prefix="flights-mlops-index-") as tmp:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _git(repo, "read-tree", "HEAD", env=env)
-        blobs = _git(repo, "hash-object", "-w", "--", *files).split()
+        dvc_repo.git(repo, "read-tree", "HEAD", env=env)
+        blobs = dvc_repo.git(repo, "hash-object", "-w", "--", *files).split()
         entries = "".join(f"100644 {blob}\t{path}\n" for blob, path in zip(blobs, files, strict=True))
         for path, text in (contents or {}).items():
-            blob = _git(repo, "hash-object", "-w", "--stdin", stdin=text)
+            blob = dvc_repo.git(repo, "hash-object", "-w", "--stdin", stdin=text)
             entries += f"100644 {blob}\t{path}\n"
-        _git(repo, "update-index", "--add", "--index-info", env=env, stdin=entries)
-        tree = _git(repo, "write-tree", env=env)
-    if previous is not None and _git(repo, "rev-parse", f"{previous}^{{tree}}") == tree:
+        dvc_repo.git(repo, "update-index", "--add", "--index-info", env=env, stdin=entries)
+        tree = dvc_repo.git(repo, "write-tree", env=env)
+    if previous is not None and dvc_repo.git(repo, "rev-parse", f"{previous}^{{tree}}") == tree:
         return previous
     args = [arg for p in parents for arg in ("-p", p)]
-    return _git(repo, "commit-tree", tree, *args, "-F", "-", env=_identity_env(repo), stdin=message)
+    return dvc_repo.git(repo, "commit-tree", tree, *args, "-F", "-", env=dvc_repo.identity_env(repo), stdin=message)
 
 
 def record_dataset_version(
@@ -541,36 +306,36 @@ def record_dataset_version(
     Raises:
         VersioningError: a path, the remote, DVC or git failed; nothing recorded.
     """
-    repo = _toplevel(repo)
+    repo = dvc_repo.toplevel(repo)
     targets = _data_targets(repo, paths)
-    if _git_ok(repo, "check-ref-format", "--branch", branch) is None:
+    if dvc_repo.git_ok(repo, "check-ref-format", "--branch", branch) is None:
         raise VersioningError(f"{branch!r} is not a valid branch name")
-    if tag is not None and _git_ok(repo, "check-ref-format", f"refs/tags/{tag}") is None:
+    if tag is not None and dvc_repo.git_ok(repo, "check-ref-format", f"refs/tags/{tag}") is None:
         raise VersioningError(f"{tag!r} is not a valid tag name")
     pointers = [f"{t}.dvc" for t in targets]
     with dvc_lock(repo):
         if not (repo / ".dvc" / "config").is_file():
             raise VersioningError(f"{repo} is not a DVC project: call ensure_dvc and configure_remote first")
-        head = _git_ok(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        head = dvc_repo.git_ok(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
         if head is None:
             raise VersioningError(f"{repo} has no commit yet: a dataset version records the code at HEAD")
         if f"refs/heads/{branch}" in _checked_out_branches(repo):
             raise VersioningError(
                 f"branch {branch!r} is checked out in a work tree of {repo}; record on another branch"
             )
-        previous = _git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
-        tagged = _git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}") if tag else None
+        previous = dvc_repo.git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+        tagged = dvc_repo.git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}") if tag else None
         if tagged is not None and tagged != previous:
             raise VersioningError(f"tag {tag!r} already exists on {tagged}, which is not the tip of {branch!r}")
-        remote = _default_remote(repo)
-        _check_remote(remote)
+        remote = dvc_repo.default_remote(repo)
+        dvc_repo.check_remote(remote)
 
         touched = [repo / p for p in pointers] + sorted({(repo / t).parent / ".gitignore" for t in targets})
         before = _snapshot(touched)
         try:
-            _dvc(repo, "add", "--no-relink", *targets)
+            dvc_repo.dvc(repo, "add", "--no-relink", *targets)
             try:
-                _dvc(repo, "push", "--remote", remote.name, *pointers)
+                dvc_repo.dvc(repo, "push", "--remote", remote.name, *pointers)
             except VersioningError as err:
                 raise VersioningError(f"dvc push to {remote.describe()} failed; nothing recorded: {err}") from None
 
@@ -586,10 +351,10 @@ def record_dataset_version(
             # The .gitignore entries DVC wrote for the data belong in the version (a clone
             # then shows the pulled data as ignored), not in the developer's work tree.
             ignores = [f for f in touched[len(pointers) :] if f.is_file() and f.read_bytes() != before[f]]
-            extra = [f for f in (*_DVC_PROJECT_FILES, "dvc.lock") if (repo / f).is_file()]
+            extra = [f for f in (*dvc_repo.DVC_PROJECT_FILES, "dvc.lock") if (repo / f).is_file()]
             files = list(dict.fromkeys([*pointers, *(f.relative_to(repo).as_posix() for f in ignores), *extra]))
             parents = [previous] if previous else []
-            if previous is None or _git_ok(repo, "merge-base", "--is-ancestor", head, previous) is None:
+            if previous is None or dvc_repo.git_ok(repo, "merge-base", "--is-ancestor", head, previous) is None:
                 parents.append(head)
             trailers = "".join(f"Dataset-Pointer: {p} {h}\n" for p, h in per_pointer.items())
             body = f"{message.strip()}\n\nDataset-Content-Hash: {content_hash}\n{trailers}"
@@ -601,7 +366,7 @@ def record_dataset_version(
             raise VersioningError(f"tag {tag!r} is on {tagged}, not on the new version {commit}; branch not moved")
         if commit != previous:
             # Compare-and-swap: fails, rather than overwrites, if the branch moved meanwhile.
-            _git(
+            dvc_repo.git(
                 repo,
                 "update-ref",
                 "-m",
@@ -611,39 +376,8 @@ def record_dataset_version(
                 previous or "",
             )
         if tag is not None and tagged is None:
-            _git(repo, "tag", "--annotate", "--message", message.strip() or tag, tag, commit, env=_identity_env(repo))
+            dvc_repo.git(repo, "tag", "--annotate", "--message", message.strip() or tag, tag, commit, env=dvc_repo.identity_env(repo))
     return DatasetVersion(git_rev=commit, branch=branch, tag=tag, content_hash=content_hash, pointers=per_pointer)
-
-
-def sync_branch(repo: Path, remote: str, branch: str = DEFAULT_BRANCH) -> None:
-    """Bring the local dataset branch up to the remote's, so new versions go on top of the team's.
-
-    A clone starts without the local branch: it is created from the remote's. A remote without
-    the branch yet is fine (the first push creates it).
-
-    Raises:
-        VersioningError: the local branch has diverged from the remote's.
-    """
-    if _git_ok(repo, "ls-remote", "--exit-code", "--heads", remote, branch) is None:
-        return
-    try:
-        _git(repo, "fetch", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{branch}")
-    except VersioningError as err:
-        raise VersioningError(
-            f"the local {branch!r} branch has diverged from {remote!r}'s; reconcile them by hand: {err}"
-        ) from None
-
-
-def push_branch(repo: Path, remote: str, branch: str = DEFAULT_BRANCH) -> None:
-    """Push the dataset branch to a git remote, so other clones can check its versions out.
-
-    Raises:
-        VersioningError: naming the git remote, if the push fails.
-    """
-    try:
-        _git(repo, "push", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{branch}")
-    except VersioningError as err:
-        raise VersioningError(f"git push of {branch!r} to remote {remote!r} failed: {err}") from None
 
 
 # --------------------------------------------------------------------------- restore
@@ -672,8 +406,6 @@ def restore_dataset_version(
     Returns:
         ``dest``, holding the code and the data of that version.
     """
-    import shutil
-
     dest = Path(dest).expanduser().resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise VersioningError(f"{dest} exists and is not an empty folder")
@@ -681,21 +413,21 @@ def restore_dataset_version(
     dest.parent.mkdir(parents=True, exist_ok=True)
     source = str(Path(repo_url_or_path).resolve()) if Path(repo_url_or_path).exists() else repo_url_or_path
     try:
-        _run(["git", "clone", "--quiet", "--no-checkout", source, str(dest)], dest.parent)
-        _git(dest, "checkout", "--quiet", git_rev)
+        dvc_repo.run_command(["git", "clone", "--quiet", "--no-checkout", source, str(dest)], dest.parent)
+        dvc_repo.git(dest, "checkout", "--quiet", git_rev)
         if not (dest / ".dvc" / "config").is_file():
             raise VersioningError(f"{git_rev} of {repo_url_or_path} has no .dvc/config: not a dataset version")
-        pointers = _git(dest, "ls-files", "--", "*.dvc").splitlines()
+        pointers = dvc_repo.git(dest, "ls-files", "--", "*.dvc").splitlines()
         if not pointers:
             raise VersioningError(f"{git_rev} of {repo_url_or_path} holds no .dvc pointer file")
         if remote_url is not None:
-            configure_remote(dest, remote_url, name=remote_name, endpoint_url=endpoint_url)
+            dvc_repo.configure_remote(dest, remote_url, name=remote_name, endpoint_url=endpoint_url)
         with dvc_lock(dest):
             try:
-                _dvc(dest, "pull", *pointers)
+                dvc_repo.dvc(dest, "pull", *pointers)
             except VersioningError as err:
                 try:
-                    where = _default_remote(dest).describe()
+                    where = dvc_repo.default_remote(dest).describe()
                 except VersioningError as no_remote:
                     where = f"no usable remote ({no_remote}); pass remote_url"
                 raise VersioningError(f"dvc pull of {git_rev} from {where} failed: {err}") from None

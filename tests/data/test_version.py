@@ -1,4 +1,4 @@
-"""Tests of ``pipelines.steps.version``: real git and real DVC, in temporary repositories.
+"""Tests of ``pipelines.steps.version`` and ``pipelines.data.dvc_repo``: real git and real DVC, in temporary repositories.
 
 Nothing here touches the project's own repository or the user's home: every
 repository, DVC remote, cache and config folder lives under pytest's tmp paths,
@@ -22,17 +22,9 @@ from types import SimpleNamespace
 import pytest
 from helpers import isolated_git_dvc_env
 
-from pipelines.steps.version import (
-    DatasetVersion,
-    VersioningError,
-    configure_remote,
-    default_remote_endpoint,
-    default_remote_url,
-    dvc_lock,
-    ensure_dvc,
-    record_dataset_version,
-    restore_dataset_version,
-)
+from pipelines.data.dvc_repo import configure_remote, default_remote_endpoint, default_remote_url, dvc_lock, ensure_dvc
+from pipelines.errors import VersioningError
+from pipelines.steps.version import DatasetVersion, record_dataset_version, restore_dataset_version
 
 DATA = [Path("data/raw"), Path("data/processed")]
 CHANGED = "data/raw/date=2013-01-02/part-0.csv"
