@@ -45,7 +45,7 @@ def test_dvc_stages_match_dag_tasks() -> None:
     for name, stage in stages.items():
         assert name in tasks, f"stage {name} is not a task of the training DAG"
         assert stage["cmd"].startswith(f"python -m pipelines step {name} "), stage["cmd"]
-        assert f"pipelines/{name}.py" in stage["deps"], f"stage {name} does not depend on its module"
+        assert f"pipelines/steps/{name}.py" in stage["deps"], f"stage {name} does not depend on its module"
         for key in stage.get("params", []):
             assert key in raw, f"stage {name} names params key {key!r}, absent from params.yaml"
 
@@ -214,9 +214,9 @@ def test_overlapping_runs_keep_a_consistent_history(versioned_runs) -> None:
 
 
 def test_unreachable_remote_fails_clearly_and_loses_nothing(versioned_runs, monkeypatch) -> None:
+    from pipelines.errors import VersioningError
     from pipelines.runner import RunContext, run_version_data
     from pipelines.settings import resolve
-    from pipelines.steps.version import VersioningError
 
     project = versioned_runs["project"]
     tip = _git(project, "rev-parse", "datasets")
