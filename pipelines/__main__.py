@@ -175,15 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "release":
             from pipelines.settings import resolve
-            from pipelines.steps.validate import ValidationFailed, load_reference, release
+            from pipelines.steps.validate import ValidationFailed, release
+            from pipelines.validation.suite import load_validation_reference
 
             settings = resolve()
+            params = load_params(settings.params_path)
             try:
                 result = release(
-                    load_params(settings.params_path),
+                    params.dataset,
+                    params.validate_,
                     args.attempt,
                     settings.raw_dir,
-                    reference=load_reference(settings.processed_dir),
+                    reference=load_validation_reference(settings.processed_dir),
                 )
             except (ValueError, ValidationFailed) as err:
                 print(f"error: {err}", file=sys.stderr)

@@ -122,19 +122,21 @@ def run_collect(ctx: RunContext) -> dict[str, Any]:
 @in_step_worker
 def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
     """The gate; a rejected batch is also recorded on the run's MLflow run before failing."""
-    from pipelines.steps.validate import ValidationFailed, load_reference, validate_batch
+    from pipelines.steps.validate import ValidationFailed, validate_batch
     from pipelines.tracking import log_validation
+    from pipelines.validation.suite import load_validation_reference
 
     report_dir = ctx.run_dir / "validation"
     try:
         return validate_batch(
-            ctx.params,
+            ctx.params.dataset,
+            ctx.params.validate_,
             Path(collected["staging_dir"]),
             collected["days"],
             ctx.settings.raw_dir,
             report_dir,
             ctx.settings.quarantine_dir / ctx.run_dir.name,
-            reference=load_reference(ctx.settings.processed_dir),
+            reference=load_validation_reference(ctx.settings.processed_dir),
         )
     except ValidationFailed as err:
         try:
@@ -307,7 +309,7 @@ def run_register(
 @in_step_worker
 def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
     from pipelines.steps.predict import batch_predict
-    from pipelines.steps.validate import load_reference
+    from pipelines.validation.suite import load_validation_reference
 
     params = ctx.params
     return batch_predict(
@@ -321,7 +323,7 @@ def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
         ctx.settings.tracking_uri,
         report_dir=ctx.run_dir / "predict_validation",
         quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name / "predict",
-        reference=load_reference(ctx.settings.processed_dir),
+        reference=load_validation_reference(ctx.settings.processed_dir),
     )
 
 

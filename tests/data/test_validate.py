@@ -65,7 +65,7 @@ def _stage(frame: pd.DataFrame, dirs: RunDirs, params: Params) -> Path:
 
 
 def _gate(params: Params, dirs: RunDirs) -> dict:
-    return validate_batch(params, dirs.staging, DAYS, dirs.raw, dirs.report, dirs.quarantine)
+    return validate_batch(params.dataset, params.validate_, dirs.staging, DAYS, dirs.raw, dirs.report, dirs.quarantine)
 
 
 # --------------------------------------------------------------------------- a good day
@@ -290,7 +290,9 @@ def _gate_days(
     params = params.with_overrides({"validate.chunk_rows": chunk_rows})
     days = [d.isoformat() for d in frames]
     try:
-        return dirs, validate_batch(params, dirs.staging, days, dirs.raw, dirs.report, dirs.quarantine)
+        return dirs, validate_batch(
+            params.dataset, params.validate_, dirs.staging, days, dirs.raw, dirs.report, dirs.quarantine
+        )
     except ValidationFailed as err:
         return dirs, err
 

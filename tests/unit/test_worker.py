@@ -74,7 +74,8 @@ def test_errors_come_back_with_their_type_and_traceback(use_worker) -> None:
 def test_validation_failed_crosses_processes_with_its_report() -> None:
     import pickle
 
-    from pipelines.steps.validate import Finding, ValidationFailed, ValidationReport
+    from pipelines.steps.validate import ValidationFailed
+    from pipelines.validation.results import Finding, ValidationReport
 
     err = ValidationFailed("failed: 1 rule", ValidationReport(rows=3, findings=[Finding("values", "x", "c", "d")]))
     back = pickle.loads(pickle.dumps(err))
