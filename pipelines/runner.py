@@ -171,14 +171,10 @@ def _decide_training_with_registry(ctx: RunContext, trigger_params: dict[str, An
 
 
 def _decide_training(ctx: RunContext, trigger_params: dict[str, Any], champion: Any) -> dict[str, Any]:
-    import json
-
-    from pipelines.steps.should_train import DECISION_FILE, decide_training
+    from pipelines.steps.should_train import decide_training, record_decision
 
     decision = decide_training(ctx.params.train.retrain, trigger_params, champion)
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.run_dir / DECISION_FILE).write_text(json.dumps(decision.as_dict(), indent=1), encoding="utf-8")
-    log.info("%s: %s", "training" if decision.train else "not training", decision.reason)
+    record_decision(decision, ctx.run_dir)
     return decision.as_dict()
 
 
@@ -274,20 +270,10 @@ def run_register(
     evaluation: dict[str, Any],
     versioned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from pipelines.steps.register import register
+    from pipelines.steps.register import dataset_lineage, register
 
     lineage = {"dag_id": ctx.dag_id, "run_id": ctx.run_id, "run_day": ctx.run_day.isoformat()}
-    if versioned and versioned.get("versioned"):
-        lineage.update(
-            {
-                "dataset_git_rev": versioned["git_rev"],
-                "dataset_branch": versioned["branch"],
-                "dataset_content_hash": versioned["content_hash"],
-                "dvc_repo": str(ctx.settings.dvc_repo),
-            }
-        )
-    else:
-        lineage["dataset_git_rev"] = "not versioned (MLOPS_VERSIONING=off)"
+    lineage.update(dataset_lineage(versioned, ctx.settings.dvc_repo))
     params = ctx.params
     return register(
         params.dataset,

@@ -62,6 +62,27 @@ def _input_example(dataset: DatasetConfig, processed_dir: Path) -> pd.DataFrame:
     return sample.reset_index(drop=True)
 
 
+def dataset_lineage(versioned: dict[str, Any] | None, dvc_repo: Path) -> dict[str, str]:
+    """The lineage of the data a model was trained on, from the ``version_data`` step's result.
+
+    Args:
+        versioned: what :func:`pipelines.steps.version.version_data` recorded (via the runner), or None.
+        dvc_repo: the repository the dataset version's commit is in.
+
+    Returns:
+        ``dataset_git_rev``, ``dataset_branch``, ``dataset_content_hash`` and ``dvc_repo``;
+        only ``dataset_git_rev``, saying so, when the data was not versioned.
+    """
+    if not (versioned and versioned.get("versioned")):
+        return {"dataset_git_rev": "not versioned (MLOPS_VERSIONING=off)"}
+    return {
+        "dataset_git_rev": versioned["git_rev"],
+        "dataset_branch": versioned["branch"],
+        "dataset_content_hash": versioned["content_hash"],
+        "dvc_repo": str(dvc_repo),
+    }
+
+
 def register(
     dataset: DatasetConfig,
     train_cfg: TrainConfig,

@@ -13,9 +13,14 @@ version, so that it is tested without Airflow or MLflow.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 RetrainPolicy = Literal["nightly", "on_demand"]
 # The steps a run leaves out when it does not train (they show as skipped in Airflow).
@@ -74,3 +79,16 @@ def decide_training(
         policy,
         champion_version,
     )
+
+
+def record_decision(decision: TrainingDecision, run_dir: Path) -> Path:
+    """Log the decision and write it to the run's folder (``training_decision.json``).
+
+    Returns:
+        The file written.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / DECISION_FILE
+    path.write_text(json.dumps(decision.as_dict(), indent=1), encoding="utf-8")
+    log.info("%s: %s", "training" if decision.train else "not training", decision.reason)
+    return path
