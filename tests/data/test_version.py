@@ -7,6 +7,7 @@ and the S3 remote is a ``moto_server`` on a loopback port.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from helpers import isolated_git_dvc_env
 
 from pipelines.data.dvc_repo import configure_remote, default_remote_endpoint, default_remote_url, dvc_lock, ensure_dvc
 from pipelines.errors import VersioningError
-from pipelines.steps.version import DatasetVersion, record_dataset_version, restore_dataset_version
+from pipelines.steps.version import DatasetVersion, record_dataset_version, restore_dataset_version, version_data
 
 DATA = [Path("data/raw"), Path("data/processed")]
 CHANGED = "data/raw/date=2013-01-02/part-0.csv"
@@ -215,6 +216,44 @@ def test_bad_paths_fail_before_any_work(recorded: SimpleNamespace) -> None:
     with pytest.raises(VersioningError, match="checked out"):
         record_dataset_version(recorded.repo, DATA, message="x", branch="main")
     assert _git(recorded.repo, "rev-parse", "datasets") == tip
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _step_args(repo: Path, tmp_path: Path) -> dict:
+    from pipelines.config import load_params
+
+    processed = tmp_path / "run" / "processed"
+    processed.mkdir(parents=True)
+    (processed / "stats.json").write_text('{"rows": 5}\n')
+    return {
+        "params": load_params(Path(__file__).resolve().parents[2] / "params.yaml"),
+        "window_end": dt.date(2013, 1, 2),
+        "note": "test run",
+        "repo": repo,
+        "raw_dir": repo / "data" / "raw",
+        "published_dir": repo / "data" / "processed",
+        "processed_dir": processed,
+    }
+
+
+def test_version_data_off_publishes_and_records_nothing(tmp_path: Path) -> None:
+    """MLOPS_VERSIONING=off: the run's processed data is still published (the next validation's reference)."""
+    repo = _make_repo(tmp_path)
+    args = _step_args(repo, tmp_path)
+    view = _developer_view(repo)
+    assert version_data(**args, enabled=False) is None
+    assert (repo / "data" / "processed" / "stats.json").read_text() == '{"rows": 5}\n'
+    assert not (repo / ".dvc").exists() and _developer_view(repo) == view
+
+
+def test_version_data_refuses_data_outside_the_repository(tmp_path: Path) -> None:
+    repo = _make_repo(tmp_path)
+    args = {**_step_args(repo, tmp_path), "published_dir": tmp_path / "elsewhere" / "processed"}
+    with pytest.raises(VersioningError, match="outside the DVC repository .*MLOPS_DATA_DIR"):
+        version_data(**args)
+    assert not (tmp_path / "elsewhere").exists() and not (repo / ".dvc").exists()
 
 
 # --------------------------------------------------------------------------- failures
