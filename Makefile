@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
 
-.PHONY: install pipeline test test-fast lint airflow-ui mlflow-ui clean
+.PHONY: install pipeline serve test test-fast lint airflow-ui mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 pipeline: install
 	$(PY) -m pipelines.ops.local run $(if $(DATE),--date $(DATE)) $(if $(CONF),--conf '$(CONF)')
+
+# The prediction service on what `make pipeline` left (the local registry's champion, followed as it
+# moves): http://127.0.0.1:8000/predict (port: MLOPS_SERVE_PORT); /ready, /model, /metrics, /docs.
+serve: install
+	$(PY) -m pipelines.serving
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

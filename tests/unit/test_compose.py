@@ -42,6 +42,7 @@ EXPECTED_SERVICES = {
     "airflow-triggerer",
     "airflow-worker",
     "airflow-worker-gpu",
+    "model-server",
 }
 ONE_SHOT_SERVICES = {"minio-init", "airflow-init"}
 
@@ -375,6 +376,23 @@ def test_data_and_its_repository_live_in_a_volume_every_worker_shares(services: 
     init = "\n".join(_command(services["airflow-init"]))
     assert 'git -C "$$MLOPS_DVC_REPO" init' in init, "airflow-init creates the data repository"
 
+
+
+def test_model_server_serves_the_workers_registry_on_loopback(services: dict[str, Any]) -> None:
+    """The prediction service: the workers' image, registry and data folder; ready once a model is loaded."""
+    import importlib.util
+
+    server, worker = services["model-server"], services["airflow-worker"]
+    assert server["image"] == worker["image"] and _command(server)[:3] == ["python", "-m", "pipelines.serving"]
+    assert importlib.util.find_spec("pipelines.serving.__main__") is not None
+    env, worker_env = _environment(server), _environment(worker)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLOPS_DATA_DIR"):
+        assert env[key] == worker_env[key], f"model-server {key} differs from the workers'"
+    assert _mounts(server) == {"/opt/airflow/mlops": "mlops-state"}, "the served log lives beside the data"
+    port = env["MLOPS_SERVE_PORT"]
+    assert env["MLOPS_SERVE_HOST"] == "0.0.0.0" and server["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"http://localhost:{port}/ready" in " ".join(server["healthcheck"]["test"])
+    assert server["depends_on"]["mlflow"]["condition"] == "service_healthy"
 
 # --- the KubernetesExecutor equivalent (docs/kubernetes) -------------------------------
 
