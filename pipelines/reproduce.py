@@ -31,11 +31,12 @@ def reproduce(model_version: str, *, tolerance: float = 0.01, workdir: Path | No
 
     Raises:
         ConfigError: the version has no dataset version in its lineage.
-        pipelines.steps.version.VersioningError: the data could not be restored.
+        pipelines.errors.VersioningError: the data could not be restored.
     """
     import mlflow
 
-    from pipelines.steps.version import default_remote_endpoint, default_remote_url, restore_dataset_version
+    from pipelines.data.dvc_repo import default_remote_endpoint, default_remote_url
+    from pipelines.steps.version import restore_dataset_version
 
     settings = resolve()
     name = load_params(settings.params_path).register_.model_name
