@@ -144,7 +144,8 @@ def child_drift(params_file: str, processed: str, n: int) -> dict:
     import pandas as pd
 
     from pipelines.config import load_params
-    from pipelines.steps.monitor import check_data_drift, reference_sample
+    from pipelines.monitoring.checks import check_data_drift
+    from pipelines.monitoring.reference import reference_sample
     from pipelines.steps.preprocess import load_manifest
 
     params = load_params(params_file)

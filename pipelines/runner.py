@@ -354,9 +354,10 @@ def run_check_published(ctx: RunContext) -> dict[str, Any]:
 @in_step_worker
 def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
     """The champion this monitoring run watches (version, reference, holdout metrics), resolved once."""
+    from pipelines.monitoring.reference import resolve_champion
     from pipelines.steps import monitor
 
-    champion = monitor.resolve_champion(ctx.settings.tracking_uri, ctx.params.register_.model_name)
+    champion = resolve_champion(ctx.settings.tracking_uri, ctx.params.register_.model_name)
     monitor.start_monitoring_run(ctx.tracking, ctx.params.monitor.experiment, champion)
     return champion.as_dict()
 
@@ -364,30 +365,52 @@ def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
 @in_step_worker
 def run_check_data_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
     """Every feature of the recent window against the champion's reference."""
+    from pipelines.monitoring.reference import Champion
     from pipelines.steps import monitor
 
     return monitor.data_drift_step(
-        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+        ctx.params.dataset,
+        ctx.params.monitor,
+        ctx.run_day,
+        Champion.from_dict(champion),
+        ctx.settings,
+        ctx.run_dir / "monitor",
+        ctx.tracking,
     )
 
 
 @in_step_worker
 def run_check_prediction_drift(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
     """The champion's probabilities on the window against its probabilities on the reference."""
+    from pipelines.monitoring.reference import Champion
     from pipelines.steps import monitor
 
     return monitor.prediction_drift_step(
-        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+        ctx.params.dataset,
+        ctx.params.monitor,
+        ctx.run_day,
+        Champion.from_dict(champion),
+        ctx.settings,
+        ctx.run_dir / "monitor",
+        ctx.tracking,
     )
 
 
 @in_step_worker
 def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
     """The champion's metrics on the labelled days it scored in the window, against its holdout metrics."""
+    from pipelines.monitoring.reference import Champion
     from pipelines.steps import monitor
 
     return monitor.performance_step(
-        ctx.params, ctx.run_day, monitor.Champion.from_dict(champion), ctx.settings, ctx.run_dir / "monitor", ctx.tracking
+        ctx.params.dataset,
+        ctx.params.monitor,
+        ctx.params.evaluate.threshold,
+        ctx.run_day,
+        Champion.from_dict(champion),
+        ctx.settings,
+        ctx.run_dir / "monitor",
+        ctx.tracking,
     )
 
 
@@ -408,7 +431,7 @@ def run_decide(
     from pipelines.steps import monitor
 
     return monitor.decide_step(
-        ctx.params, ctx.run_day, checks, last_retraining, active_training_runs, ctx.tracking,
+        ctx.params.dataset, ctx.params.monitor, ctx.run_day, checks, last_retraining, active_training_runs, ctx.tracking,
         ctx.run_dir / "monitor", trigger_run_id=f"retrain__{ctx.run_day.isoformat()}__{ctx.run_id}",
     )
 

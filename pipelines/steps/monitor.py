@@ -1,18 +1,11 @@
-"""Monitor: drift and performance of the champion, and whether to retrain it.
+"""Monitor: the monitoring DAG's steps, and whether to retrain the champion.
 
-Three checks, each an Evidently 0.7 report written as HTML and JSON:
-
-* **data drift**: every feature of the recent window (the published partitions
-  of the ``monitor.window_days`` days ending on the monitored day) against the
-  champion's *reference*: a seeded sample of its own training split, logged
-  with the model version when it is registered, so the reference always
-  matches the model;
-* **prediction drift**: the champion's probabilities on the days it scored in
-  the window (what ``batch_predict`` wrote) against its probabilities on the
-  reference;
-* **performance**: once labels are in (a day's arrival delays are published
-  with the day), the champion's metrics on the labelled days it scored against
-  its metrics on the holdout when it was evaluated.
+Each monitoring run resolves the champion once, runs three checks on the window
+of ``monitor.window_days`` days ending on the monitored day (:mod:`pipelines.monitoring.checks`:
+data drift of the published rows and prediction drift of the champion's scores against
+its reference, :mod:`pipelines.monitoring.reference`; performance on the labelled days
+it scored against its holdout metrics), logs each to the monitoring run in MLflow, and
+decides.
 
 :func:`decide` turns the three into a decision: retrain when the share of
 drifted features or the worsening of a metric passes its threshold in
@@ -26,129 +19,32 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipelines.config import ConfigError, DatasetConfig, MonitorConfig, Params
+from pipelines.config import DatasetConfig, MonitorConfig
 from pipelines.data.partitions import read_days
-from pipelines.errors import MonitorError
+from pipelines.errors import MonitorError as MonitorError  # named here, as each step names its error
+from pipelines.monitoring.checks import (
+    DataDrift,
+    Performance,
+    PredictionDrift,
+    check_data_drift,
+    check_from_dict,
+    check_performance,
+    check_prediction_drift,
+)
+from pipelines.monitoring.reference import PROBABILITY, Champion, load_champion_reference
 from pipelines.settings import Settings
 from pipelines.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
-PROBABILITY = "delay_probability"  # the column batch_predict writes and the reference carries
-REFERENCE_ARTIFACT_DIR = "monitoring"  # in the MLflow run of the model version
-REFERENCE_FILE = "reference.parquet"
-REFERENCE_URI_TAG = "monitoring.reference_uri"  # model version tag: where its reference is
 REPORT_ARTIFACT_DIR = "reports"  # in the MLflow run of the monitoring run
-HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "precision": True, "recall": True, "log_loss": False, "brier": False}
-
-
-# --------------------------------------------------------------------------- the reference
-
-
-def reference_sample(train: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``rows`` rows of the training split (all of it when smaller), in its order."""
-    if len(train) > rows:
-        train = train.sample(n=rows, random_state=seed).sort_index()
-    return train.reset_index(drop=True)
-
-
-def write_reference(
-    dataset: DatasetConfig, cfg: MonitorConfig, batch_rows: int, train_parquet: Path, model_path: Path, out_dir: Path
-) -> Path:
-    """Write the monitoring reference of a model: a sample of its training split and its probabilities.
-
-    The sample is read row group by row group (:func:`pipelines.steps.preprocess.read_sample`):
-    the split is never held whole.
-
-    The probabilities come from the saved Keras model through the same input
-    path as serving (:func:`pipelines.model.features.to_model_inputs`), so they
-    compare with what ``batch_predict`` writes.
-
-    Returns:
-        The Parquet file: key, time, feature and label columns, and ``delay_probability``.
-    """
-    from pipelines.model.features import to_model_inputs
-    from pipelines.model.network import load_model, predict_proba
-    from pipelines.steps.preprocess import read_sample
-
-    sample = read_sample(train_parquet, cfg.reference_rows, cfg.seed)
-    model = load_model(str(model_path))
-    sample[PROBABILITY] = predict_proba(model, to_model_inputs(sample, dataset.features), batch_rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REFERENCE_FILE
-    sample.to_parquet(path, index=False)
-    log.info("monitoring reference: %d rows of the training split -> %s", len(sample), path)
-    return path
-
-
-# --------------------------------------------------------------------------- the champion
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The model version under watch, resolved once per monitoring run so every check sees the same one."""
-
-    model_name: str
-    version: str
-    run_id: str
-    reference_uri: str | None
-    holdout: dict[str, float]  # its evaluation metrics on the holdout: auc, brier, log_loss, ...
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Champion:
-        return cls(**d)
-
-
-def resolve_champion(tracking_uri: str, model_name: str, alias: str = "champion") -> Champion:
-    """The version behind ``models:/<name>@<alias>``, its reference and its holdout metrics.
-
-    Raises:
-        MonitorError: no version has the alias.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(tracking_uri, tracking_uri)
-    try:
-        mv = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as err:
-        raise MonitorError(
-            f"no version of model '{model_name}' has the alias '{alias}': nothing to monitor ({err})"
-        ) from None
-    run_id = mv.run_id or mv.tags.get("lineage.mlflow_run_id")
-    metrics = client.get_run(run_id).data.metrics
-    holdout = {k.removeprefix("holdout_"): float(v) for k, v in metrics.items() if k.startswith("holdout_")}
-    return Champion(model_name, str(mv.version), run_id, mv.tags.get(REFERENCE_URI_TAG), holdout)
-
-
-def load_reference(champion: Champion, tracking_uri: str, dst_dir: Path) -> pd.DataFrame:
-    """Download and read the champion's reference.
-
-    Raises:
-        MonitorError: the version was registered without one.
-    """
-    import mlflow
-
-    if not champion.reference_uri:
-        raise MonitorError(
-            f"{champion.model_name} version {champion.version} has no monitoring reference "
-            f"(tag {REFERENCE_URI_TAG!r}): it was registered before monitoring existed; retrain to get one"
-        )
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    path = mlflow.artifacts.download_artifacts(
-        artifact_uri=champion.reference_uri, dst_path=str(dst_dir), tracking_uri=tracking_uri
-    )
-    return pd.read_parquet(path)
 
 
 # --------------------------------------------------------------------------- the window
@@ -209,305 +105,6 @@ def label_scored(scored: pd.DataFrame, raw: pd.DataFrame, spec: DatasetConfig) -
         .drop_duplicates(keys)
         .merge(labelled[[*keys, LABEL]], on=keys, how="inner", validate="one_to_one")
     )
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _save_report(snapshot: Any, out_dir: Path, name: str) -> tuple[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    html, json_path = out_dir / f"{name}.html", out_dir / f"{name}.json"
-    snapshot.save_html(str(html))
-    json_path.write_text(snapshot.json(), encoding="utf-8")
-    return str(html), str(json_path)
-
-
-def _column_tests(snapshot_dict: Mapping[str, Any]) -> dict[str, bool]:
-    """Column -> drift detected, from the per-column tests of an Evidently drift report."""
-    out = {}
-    for test in snapshot_dict.get("tests", []):
-        params = test.get("metric_config", {}).get("params", {})
-        if params.get("type", "").endswith("ValueDrift") and "column" in params:
-            out[params["column"]] = test["status"] == "FAIL"
-    return out
-
-
-def _column_scores(snapshot_dict: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        m["config"]["column"]: float(m["value"])
-        for m in snapshot_dict.get("metrics", [])
-        if m["config"].get("type", "").endswith("ValueDrift")
-    }
-
-
-def drift_columns(spec: DatasetConfig, cfg: MonitorConfig.Drift) -> tuple[list[str], list[str]]:
-    """The numeric and categorical features whose drift counts.
-
-    Raises:
-        ConfigError: ``monitor.drift.exclude_columns`` names a column that is not a feature.
-    """
-    unknown = set(cfg.exclude_columns) - set(spec.features.all)
-    if unknown:
-        raise ConfigError(f"monitor.drift.exclude_columns: {sorted(unknown)} are not features of dataset.features")
-    numeric = [c for c in spec.features.numeric if c not in cfg.exclude_columns]
-    categorical = [c for c in spec.features.categorical if c not in cfg.exclude_columns]
-    if not numeric + categorical:
-        raise ConfigError("monitor.drift.exclude_columns leaves no feature to watch")
-    return numeric, categorical
-
-
-# --------------------------------------------------------------------------- the checks
-
-
-@dataclass(frozen=True, kw_only=True)
-class CheckResult:
-    """What every check returns besides its figures: where its Evidently report is."""
-
-    report_html: str | None = None
-    report_json: str | None = None
-    report_uri: str | None = None  # the MLflow artifact, once logged
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        raise NotImplementedError
-
-
-def _with_report(result: CheckResult, snapshot: Any, out_dir: Path, name: str) -> CheckResult:
-    """Save the check's Evidently report (HTML and JSON) beside its result, and log both."""
-    html, json_path = _save_report(snapshot, out_dir, name)
-    result = replace(result, report_html=html, report_json=json_path)
-    log.info("%s; report: %s (JSON %s)", result.summary(), html, json_path)
-    return result
-
-
-@dataclass(frozen=True)
-class DataDrift(CheckResult):
-    status: str  # "ok" | "no_data"
-    detected: bool
-    share: float
-    drifted: list[str]
-    columns: list[str]
-    scores: dict[str, float]
-    threshold: float
-    current_rows: int
-    reference_rows: int
-    def summary(self) -> str:
-        if self.status != "ok":
-            return "data drift: no published rows in the window"
-        cols = f": {', '.join(self.drifted)}" if self.drifted else ""
-        return (
-            f"data drift: {len(self.drifted)} of {len(self.columns)} features drifted "
-            f"({self.share:.0%} {'>=' if self.detected else '<'} {self.threshold:.0%}){cols}"
-        )
-
-
-def check_data_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, spec: DatasetConfig, cfg: MonitorConfig.Drift, out_dir: Path
-) -> DataDrift:
-    """Evidently's ``DataDriftPreset`` over the watched features; drift when their drifted share reaches ``drift_share``.
-
-    Args:
-        reference: the champion's reference (its training sample).
-        current: the published rows of the recent window.
-        out_dir: where ``data_drift.html`` and ``data_drift.json`` go.
-    """
-    numeric, categorical = drift_columns(spec, cfg)
-    columns = numeric + categorical
-    if current.empty:
-        return DataDrift("no_data", False, 0.0, [], columns, {}, cfg.drift_share, 0, len(reference))
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-
-    def dataset(frame: pd.DataFrame):
-        frame = frame[columns].copy()
-        for col in categorical:  # one dtype on both sides, missing values kept as such
-            frame[col] = frame[col].astype("string").astype(object)
-        return Dataset.from_pandas(frame, data_definition=definition)
-
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=columns,
-                num_method=cfg.num_method,
-                num_threshold=cfg.num_threshold,
-                cat_method=cfg.cat_method,
-                cat_threshold=cfg.cat_threshold,
-                drift_share=cfg.drift_share,
-            )
-        ],
-        include_tests=True,
-    )
-    snapshot = report.run(current_data=dataset(current), reference_data=dataset(reference))
-    d = snapshot.dict()
-    flags = _column_tests(d)
-    drifted = [c for c in columns if flags.get(c)]
-    share = len(drifted) / len(columns)
-    result = DataDrift(
-        "ok",
-        share >= cfg.drift_share,
-        share,
-        drifted,
-        columns,
-        _column_scores(d),
-        cfg.drift_share,
-        len(current),
-        len(reference),
-    )
-    return _with_report(result, snapshot, out_dir, "data_drift")
-
-
-@dataclass(frozen=True)
-class PredictionDrift(CheckResult):
-    status: str  # "ok" | "insufficient_data"
-    detected: bool
-    score: float | None
-    method: str
-    threshold: float
-    current_rows: int
-    reference_rows: int
-    current_mean: float | None
-    reference_mean: float | None
-    def summary(self) -> str:
-        if self.status != "ok":
-            return f"prediction drift: {self.current_rows} scored rows in the window, too few to compare"
-        return (
-            f"prediction drift {'detected' if self.detected else 'not detected'}: {self.method} {self.score:.3f}, "
-            f"threshold {self.threshold} (mean probability {self.current_mean:.3f} vs {self.reference_mean:.3f} "
-            "on the reference)"
-        )
-
-
-def check_prediction_drift(
-    reference_proba: pd.Series, current_proba: pd.Series, cfg: MonitorConfig.PredictionDrift, out_dir: Path
-) -> PredictionDrift:
-    """Evidently's ``ValueDrift`` of the champion's probabilities, recent window against its reference."""
-    n_cur, n_ref = len(current_proba), len(reference_proba)
-    if n_cur < cfg.min_rows:
-        return PredictionDrift("insufficient_data", False, None, cfg.method, cfg.threshold, n_cur, n_ref, None, None)
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-
-    definition = DataDefinition(numerical_columns=[PROBABILITY])
-
-    def dataset(values: pd.Series):
-        return Dataset.from_pandas(
-            pd.DataFrame({PROBABILITY: values.to_numpy(dtype="float64")}), data_definition=definition
-        )
-
-    report = Report([ValueDrift(column=PROBABILITY, method=cfg.method, threshold=cfg.threshold)], include_tests=True)
-    snapshot = report.run(current_data=dataset(current_proba), reference_data=dataset(reference_proba))
-    d = snapshot.dict()
-    score = _column_scores(d)[PROBABILITY]
-    detected = _column_tests(d)[PROBABILITY]
-    result = PredictionDrift(
-        "ok",
-        detected,
-        score,
-        cfg.method,
-        cfg.threshold,
-        n_cur,
-        n_ref,
-        float(current_proba.mean()),
-        float(reference_proba.mean()),
-    )
-    return _with_report(result, snapshot, out_dir, "prediction_drift")
-
-
-@dataclass(frozen=True)
-class Performance(CheckResult):
-    status: str  # "ok" | "insufficient_data"
-    detected: bool
-    rows: int
-    days: list[str]
-    current: dict[str, float]
-    holdout: dict[str, float]
-    worsening: dict[str, float]  # metric -> how much worse than on the holdout (negative: better)
-    limits: dict[str, float]
-    exceeded: list[str]
-    def summary(self) -> str:
-        if self.status != "ok":
-            return f"performance: {self.rows} labelled scored flights in the window, too few to judge"
-        parts = [
-            f"{m} {self.current[m]:.3f} vs {self.holdout[m]:.3f} on the holdout "
-            f"({'worse' if self.worsening[m] > 0 else 'better'} by {abs(self.worsening[m]):.3f}"
-            f"{' > ' if m in self.exceeded else ' <= '}{self.limits[m]})"
-            for m in self.limits
-        ]
-        span = f"{self.days[0]}..{self.days[-1]}" if self.days else "no day"
-        return f"performance on {self.rows} labelled flights of {span}: " + "; ".join(parts)
-
-
-def worsening(metric: str, holdout: float, current: float) -> float:
-    """How much worse ``current`` is than ``holdout`` (positive: worse), whichever way the metric points."""
-    return holdout - current if HIGHER_IS_BETTER[metric] else current - holdout
-
-
-def check_performance(
-    labelled: pd.DataFrame,
-    holdout: Mapping[str, float],
-    reference: pd.DataFrame,
-    cfg: MonitorConfig.Performance,
-    threshold: float,
-    out_dir: Path,
-    days: Sequence[str] = (),
-) -> Performance:
-    """The champion's metrics on labelled scored rows against its holdout metrics.
-
-    The metrics are :func:`pipelines.steps.evaluate.binary_metrics`, the ones its
-    holdout metrics were computed with. The Evidently report shows the same
-    rows against the reference (its training sample) for a reader.
-
-    Args:
-        labelled: ``delay_probability`` and ``label`` of the scored rows whose labels are in.
-        holdout: the champion's holdout metrics (``auc``, ``brier``, ...).
-        threshold: the probability threshold of the class metrics (``evaluate.threshold``).
-        days: the days the rows come from (ISO dates), for the record.
-    """
-    from pipelines.model.features import LABEL
-    from pipelines.steps.evaluate import binary_metrics
-
-    limits = dict(cfg.max_worsening)
-    missing = [m for m in limits if m not in holdout]
-    if missing:
-        raise MonitorError(f"the champion has no holdout metric {missing}: cannot compare performance")
-    days = sorted(days)
-    ref_values = {m: float(holdout[m]) for m in limits}
-    if len(labelled) < cfg.min_rows:
-        return Performance("insufficient_data", False, len(labelled), days, {}, ref_values, {}, limits, [])
-    current = binary_metrics(labelled[LABEL].to_numpy(), labelled[PROBABILITY].to_numpy(), threshold)
-    worse = {m: worsening(m, ref_values[m], current[m]) for m in limits}
-    exceeded = [m for m in limits if np.isfinite(worse[m]) and worse[m] > limits[m]]
-
-    from evidently import BinaryClassification, DataDefinition, Dataset, Report
-    from evidently.presets import ClassificationPreset
-
-    definition = DataDefinition(
-        classification=[BinaryClassification(target=LABEL, prediction_probas=PROBABILITY, pos_label=1)]
-    )
-
-    def dataset(frame: pd.DataFrame):
-        frame = pd.DataFrame({LABEL: frame[LABEL].astype("int64"), PROBABILITY: frame[PROBABILITY].astype("float64")})
-        return Dataset.from_pandas(frame, data_definition=definition)
-
-    snapshot = Report([ClassificationPreset(probas_threshold=threshold)]).run(
-        current_data=dataset(labelled), reference_data=dataset(reference)
-    )
-    result = Performance(
-        "ok",
-        bool(exceeded),
-        len(labelled),
-        days,
-        {m: float(current[m]) for m in limits},
-        ref_values,
-        worse,
-        limits,
-        exceeded,
-    )
-    return _with_report(result, snapshot, out_dir, "performance")
 
 
 # --------------------------------------------------------------------------- the decision
@@ -584,12 +181,6 @@ def decide(
     return Decision(retrain=True, reason=f"retraining: {asked}", **common)
 
 
-def check_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    """A check result back from its dict (an XCom), ignoring keys it does not have."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
 # --------------------------------------------------------------------------- MLflow
 
 
@@ -662,20 +253,38 @@ def note_retraining(tracking: Tracking, experiment: str, decision: Mapping[str, 
 # the checks above called, the results logged, a small dict returned.
 
 
-def _window_of(params: Params, run_day: dt.date) -> list[dt.date]:
+def _window_of(dataset: DatasetConfig, cfg: MonitorConfig, run_day: dt.date) -> list[dt.date]:
     from pipelines.steps.collect import source_date
 
-    return window(source_date(params.dataset, run_day), params.monitor.window_days)
+    return window(source_date(dataset, run_day), cfg.window_days)
 
 
 def data_drift_step(
-    params: Params, run_day: dt.date, champion: Champion, settings: Settings, out_dir: Path, tracking: Tracking
+    dataset: DatasetConfig,
+    cfg: MonitorConfig,
+    run_day: dt.date,
+    champion: Champion,
+    settings: Settings,
+    out_dir: Path,
+    tracking: Tracking,
 ) -> dict[str, Any]:
-    """Data drift of the window ending on ``run_day``: published rows against the champion's reference."""
-    cfg = params.monitor
-    reference = load_reference(champion, settings.tracking_uri, out_dir / "reference")
-    current, missing = read_days(settings.raw_dir, _window_of(params, run_day))
-    result = check_data_drift(reference, current, params.dataset, cfg.drift, out_dir)
+    """Data drift of the window ending on ``run_day``: published rows against the champion's reference.
+
+    Args:
+        dataset: the features watched, and the source's calendar.
+        cfg: the ``monitor`` section: window, drift thresholds, experiment.
+        run_day: the monitored day, in the run's calendar.
+        champion: the version this monitoring run watches.
+        settings: where the published data is, and the tracking URI.
+        out_dir: where the report goes.
+        tracking: the monitoring run's MLflow identity.
+
+    Returns:
+        The check's result with its report's URI, and the window's days without data.
+    """
+    reference = load_champion_reference(champion, settings.tracking_uri, out_dir / "reference")
+    current, missing = read_days(settings.raw_dir, _window_of(dataset, cfg, run_day))
+    result = check_data_drift(reference, current, dataset, cfg.drift, out_dir)
     uri = log_check(
         tracking,
         cfg.experiment,
@@ -687,12 +296,17 @@ def data_drift_step(
 
 
 def prediction_drift_step(
-    params: Params, run_day: dt.date, champion: Champion, settings: Settings, out_dir: Path, tracking: Tracking
+    dataset: DatasetConfig,
+    cfg: MonitorConfig,
+    run_day: dt.date,
+    champion: Champion,
+    settings: Settings,
+    out_dir: Path,
+    tracking: Tracking,
 ) -> dict[str, Any]:
     """Prediction drift of the window ending on ``run_day``: the champion's scores against its reference scores."""
-    cfg = params.monitor
-    reference = load_reference(champion, settings.tracking_uri, out_dir / "reference")
-    scored, missing = read_scored(settings.predictions_dir, _window_of(params, run_day), champion)
+    reference = load_champion_reference(champion, settings.tracking_uri, out_dir / "reference")
+    scored, missing = read_scored(settings.predictions_dir, _window_of(dataset, cfg, run_day), champion)
     current = scored[PROBABILITY] if not scored.empty else pd.Series(dtype="float64")
     result = check_prediction_drift(reference[PROBABILITY], current, cfg.prediction_drift, out_dir)
     uri = log_check(
@@ -702,10 +316,9 @@ def prediction_drift_step(
 
 
 def labelled_scored(
-    params: Params, days: Sequence[dt.date], champion: Champion, settings: Settings
+    spec: DatasetConfig, days: Sequence[dt.date], champion: Champion, settings: Settings
 ) -> tuple[pd.DataFrame, list[str]]:
     """The champion's predictions on ``days`` whose labels are published, with the label; and those days."""
-    spec = params.dataset
     scored, _ = read_scored(settings.predictions_dir, days, champion)
     if scored.empty:
         return label_scored(scored, scored, spec), []
@@ -716,14 +329,24 @@ def labelled_scored(
 
 
 def performance_step(
-    params: Params, run_day: dt.date, champion: Champion, settings: Settings, out_dir: Path, tracking: Tracking
+    dataset: DatasetConfig,
+    cfg: MonitorConfig,
+    threshold: float,
+    run_day: dt.date,
+    champion: Champion,
+    settings: Settings,
+    out_dir: Path,
+    tracking: Tracking,
 ) -> dict[str, Any]:
-    """Performance on the labelled days the champion scored in the window ending on ``run_day``."""
-    cfg = params.monitor
-    reference = load_reference(champion, settings.tracking_uri, out_dir / "reference")
-    labelled, days = labelled_scored(params, _window_of(params, run_day), champion, settings)
+    """Performance on the labelled days the champion scored in the window ending on ``run_day``.
+
+    Args:
+        threshold: the probability threshold of the class metrics (``evaluate.threshold``).
+    """
+    reference = load_champion_reference(champion, settings.tracking_uri, out_dir / "reference")
+    labelled, days = labelled_scored(dataset, _window_of(dataset, cfg, run_day), champion, settings)
     result = check_performance(
-        labelled, champion.holdout, reference, cfg.performance, params.evaluate.threshold, out_dir, days=days
+        labelled, champion.holdout, reference, cfg.performance, threshold, out_dir, days=days
     )
     numbers: dict[str, float | None] = {"rows": result.rows, **result.current}
     numbers.update({f"worsening.{k}": v for k, v in result.worsening.items()})
@@ -746,7 +369,8 @@ def training_run_note(decision: Decision, summaries: Sequence[str], limit: int =
 
 
 def decide_step(
-    params: Params,
+    dataset: DatasetConfig,
+    cfg: MonitorConfig,
     run_day: dt.date,
     checks: Mapping[str, Mapping[str, Any]],
     last_retraining: Mapping[str, Any] | None,
@@ -766,13 +390,12 @@ def decide_step(
 
     from pipelines.steps.collect import source_date
 
-    cfg = params.monitor
     last_day = dt.date.fromisoformat(last_retraining["day"]) if last_retraining and last_retraining.get("day") else None
     data_drift = check_from_dict(DataDrift, checks["data_drift"])
     prediction_drift = check_from_dict(PredictionDrift, checks["prediction_drift"])
     performance = check_from_dict(Performance, checks["performance"])
     decision = decide(
-        source_date(params.dataset, run_day),
+        source_date(dataset, run_day),
         data_drift,
         prediction_drift,
         performance,

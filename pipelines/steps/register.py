@@ -155,7 +155,7 @@ def register(
         )
     version = str(info.registered_model_version)
     # Drift monitoring compares against this version's own training sample and probabilities.
-    from pipelines.steps.monitor import REFERENCE_ARTIFACT_DIR, REFERENCE_URI_TAG, write_reference
+    from pipelines.monitoring.reference import REFERENCE_ARTIFACT_DIR, REFERENCE_URI_TAG, write_reference
 
     reference = write_reference(
         dataset, monitor_cfg, predict_cfg.batch_rows, Path(manifest["splits"]["train"]["parquet"]), model_path,
