@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from pipelines.steps.validate import ValidationReport
+    from pipelines.validation.results import ValidationReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
