@@ -250,7 +250,7 @@ def note_retraining(tracking: Tracking, experiment: str, decision: Mapping[str, 
 
 # --------------------------------------------------------------------------- the steps
 # What the monitoring DAG's tasks run (through pipelines.runner): paths and MLflow resolved,
-# the checks above called, the results logged, a small dict returned.
+# the checks of pipelines.monitoring.checks called, the results logged, a small dict returned.
 
 
 def _window_of(dataset: DatasetConfig, cfg: MonitorConfig, run_day: dt.date) -> list[dt.date]:
