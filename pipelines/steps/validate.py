@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def validate_frame(
     frame: pd.DataFrame,
     spec: DatasetConfig,
@@ -62,9 +63,19 @@ def validate_frame(
     """Run the suite on a frame; write the JSON result and data docs to ``report_dir``.
 
     Args:
+        frame: the rows to validate.
+        spec: the data set: schema, key and time columns.
+        cfg: the ``validate`` section.
+        report_dir: where ``validation.json``, ``findings.json`` and the data docs go.
+        n_days: days the frame holds (the row count bounds are per day).
+        first_day: with ``last_day``, the interval the time column must fall in.
+        schema_only: check the columns and their types only.
         columns: the columns the frame must have (default: the whole ``dataset.schema``);
             batch prediction passes the key and feature columns.
-        reference: statistics learnt from the training data (``reference.json``).
+        reference: the validation reference (:func:`pipelines.validation.suite.load_validation_reference`).
+
+    Returns:
+        The report: findings, paths of the result and data docs, every expectation's outcome.
     """
     report_dir.mkdir(parents=True, exist_ok=True)
     columns = list(columns or spec.schema_)
