@@ -45,6 +45,19 @@ def test_monitoring_dag_shape(dagbag) -> None:
     assert dag.doc_md and "trigger_reason" in dag.doc_md
 
 
+def test_both_dags_fail_one_way(dagbag) -> None:
+    """One failure callback for both DAGs, and every task that runs pipeline code fails fast on a StepError."""
+    from pipelines.alerts import on_failure_callback
+
+    for dag_id in ("flights_training", "flights_monitoring"):
+        dag = dagbag.dags[dag_id]
+        assert dag.on_failure_callback is on_failure_callback, dag_id
+        for t in dag.tasks:
+            if t.task_id in ("should_retrain", "trigger_training"):  # no pipeline code: nothing to translate
+                continue
+            assert t.python_callable.__code__.co_qualname == "fail_fast.<locals>.run_task", (dag_id, t.task_id)
+
+
 def test_runs_after_the_collect_step_emits_new_data(dagbag) -> None:
     from pipelines.assets import FLIGHTS_COLLECTED, RETRAINING_REQUESTED
 
