@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SERVED_DIR = "served"
 _DTYPES = {"int": "int64", "float": "float64", "string": "string"}
+GROUP_REQUESTS = 256  # requests taken off the queue at once (one shadow call for them all)
 
 
 def served_dir(data_dir: Path) -> Path:
@@ -61,32 +62,60 @@ class ServedLog:
         self.root = root
         self.columns = tuple(schema)
         self.dtypes = {col: _DTYPES[kind] for col, kind in schema.items()}
-        self._frames: list[pd.DataFrame] = []
+        self._pending: list[tuple[Served, ServedModel | None, np.ndarray | None]] = []
         self.buffered = 0
 
     def append(self, record: Served, shadow: ServedModel | None, shadow_probabilities: np.ndarray | None) -> None:
-        frame = pd.DataFrame.from_records(record.rows, columns=list(self.columns)).astype(self.dtypes)
-        n = len(frame)
-        frame.insert(0, "request_id", record.request_id)
-        frame.insert(1, "row", np.arange(n, dtype=np.int32))
-        frame.insert(2, "served_at", pd.Timestamp(record.served_at))
-        frame["probability"] = record.probabilities.astype(np.float64)
-        frame["delayed"] = record.probabilities >= record.model.threshold
-        frame["model_version"] = record.model.version
-        frame["threshold"] = record.model.threshold
-        frame["shadow_probability"] = (
-            shadow_probabilities.astype(np.float64) if shadow_probabilities is not None else np.full(n, np.nan)
+        """Keep one request's rows (cheap: the frame is built when the buffer is written)."""
+        self._pending.append((record, shadow, shadow_probabilities))
+        self.buffered += len(record.rows)
+
+    def _frame(self) -> pd.DataFrame:
+        rows, meta = [], {k: [] for k in ("request_id", "row", "served_at", "probability", "model_version", "threshold",
+                                          "shadow_probability", "shadow_version")}
+        for record, shadow, shadow_scores in self._pending:
+            n = len(record.rows)
+            rows += record.rows
+            meta["request_id"] += [record.request_id] * n
+            meta["row"] += range(n)
+            meta["served_at"] += [record.served_at] * n
+            meta["probability"] += record.probabilities.tolist()
+            meta["model_version"] += [record.model.version] * n
+            meta["threshold"] += [record.model.threshold] * n
+            meta["shadow_probability"] += shadow_scores.tolist() if shadow_scores is not None else [np.nan] * n
+            meta["shadow_version"] += [shadow.version if shadow is not None else None] * n
+        features = pd.DataFrame.from_records(rows, columns=list(self.columns)).astype(self.dtypes)
+        frame = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "request_id": pd.array(meta["request_id"], dtype="string"),
+                        "row": np.asarray(meta["row"], dtype=np.int32),
+                        "served_at": pd.to_datetime(meta["served_at"], utc=True),
+                    }
+                ),
+                features,
+                pd.DataFrame(
+                    {
+                        "probability": np.asarray(meta["probability"], dtype=np.float64),
+                        "model_version": pd.array(meta["model_version"], dtype="string"),
+                        "threshold": np.asarray(meta["threshold"], dtype=np.float64),
+                        "shadow_probability": np.asarray(meta["shadow_probability"], dtype=np.float64),
+                        "shadow_version": pd.array(meta["shadow_version"], dtype="string"),
+                    }
+                ),
+            ],
+            axis=1,
         )
-        frame["shadow_version"] = pd.array([shadow.version if shadow else None] * n, dtype="string")
-        self._frames.append(frame)
-        self.buffered += n
+        frame.insert(frame.columns.get_loc("model_version"), "delayed", frame["probability"] >= frame["threshold"])
+        return frame
 
     def flush(self) -> list[Path]:
         """Write what is buffered, one file per day it spans; returns the files written."""
-        if not self._frames:
+        if not self._pending:
             return []
-        frame = pd.concat(self._frames, ignore_index=True)
-        self._frames, self.buffered = [], 0
+        frame = self._frame()
+        self._pending, self.buffered = [], 0
         shadowed = frame[frame["shadow_probability"].notna()]
         if len(shadowed):
             agree = (shadowed["shadow_probability"] >= shadowed["threshold"]) == shadowed["delayed"]
@@ -149,37 +178,42 @@ class Recorder:
 
     def _run(self) -> None:
         last_flush = time.monotonic()
-        while True:
-            wait = max(0.0, self.flush_seconds - (time.monotonic() - last_flush))
+        stopping = False
+        while not stopping:
+            group: list[Served] = []
             try:
-                record = self._queue.get(timeout=wait)
+                group.append(self._queue.get(timeout=max(0.0, self.flush_seconds - (time.monotonic() - last_flush))))
+                while len(group) < GROUP_REQUESTS:  # whatever else is waiting: one shadow call for all of it
+                    group.append(self._queue.get_nowait())
             except queue.Empty:
-                record = ...  # type: ignore[assignment]
-            if record is None:
-                self._write()
-                return
-            if record is not ...:
-                self._record(record)
-            if self.log.buffered >= self.batch_rows or time.monotonic() - last_flush >= self.flush_seconds:
+                pass
+            stopping = None in group
+            self._record([r for r in group if r is not None])
+            if stopping or self.log.buffered >= self.batch_rows or time.monotonic() - last_flush >= self.flush_seconds:
                 self._write()
                 last_flush = time.monotonic()
 
-    def _record(self, record: Served) -> None:
+    def _record(self, group: list[Served]) -> None:
+        if not group:
+            return
         shadow: ServedModel | None = self.shadow()
-        scores = None
+        scores: list[np.ndarray | None] = [None] * len(group)
         if shadow is not None:
             try:
-                scores = shadow.score_rows(record.rows)
-                self.metrics.shadow_rows.labels(shadow.version).inc(len(scores))
-                log.debug(
-                    "request %s: live v%s %s, shadow v%s %s",
-                    record.request_id, record.model.version, record.probabilities.round(4).tolist(),
-                    shadow.version, scores.round(4).tolist(),
-                )
-            except Exception:  # the shadow must never cost the log its row
-                log.exception("shadow v%s failed on request %s", shadow.version, record.request_id)
-                scores, shadow = None, None
-        self.log.append(record, shadow, scores)
+                flat = shadow.score_rows([row for record in group for row in record.rows])
+                bounds = np.cumsum([0] + [len(record.rows) for record in group])
+                scores = [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                self.metrics.shadow_rows.labels(shadow.version).inc(len(flat))
+                for record, theirs in zip(group, scores, strict=True):
+                    log.debug(
+                        "request %s: live v%s %s, shadow v%s %s", record.request_id, record.model.version,
+                        record.probabilities.round(4).tolist(), shadow.version, theirs.round(4).tolist(),
+                    )
+            except Exception:  # the shadow must never cost the log its rows
+                log.exception("shadow v%s failed on %d requests", shadow.version, len(group))
+                scores, shadow = [None] * len(group), None
+        for record, theirs in zip(group, scores, strict=True):
+            self.log.append(record, shadow, theirs)
 
     def _write(self) -> None:
         try:

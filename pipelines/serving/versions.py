@@ -65,8 +65,18 @@ class ServedModel:
         return self._score(to_model_inputs(frame, self.features))
 
     def score_rows(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Delay probabilities of validated rows (dicts of raw feature values)."""
-        return self.score_frame(pd.DataFrame.from_records(list(rows), columns=list(self.features.all)))
+        """Delay probabilities of validated rows (dicts of raw feature values), as float32.
+
+        The request schema has already typed every value, so what :func:`to_model_inputs` does to a
+        frame comes down to building the arrays (``None`` as NaN, or as the missing category), without
+        a frame per request. The check at load time and the parity test hold both paths equal.
+        """
+        from pipelines.model.features import MISSING_CATEGORY
+
+        inputs = {col: np.array([row[col] for row in rows], dtype=np.float32) for col in self.features.numeric}
+        for col in self.features.categorical:
+            inputs[col] = np.array([MISSING_CATEGORY if row[col] is None else row[col] for row in rows], dtype=str)
+        return self._score(inputs)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` shows of this version."""
@@ -190,7 +200,7 @@ def load_version(
 
 
 def _warm_up(served: ServedModel, pyfunc: Any, request_features: FeatureSpec) -> None:
-    """Score the version's input example on the fast path: finite, and equal to the batch pyfunc's scores."""
+    """Score the version's input example as request rows: finite, and equal to the batch pyfunc's scores of the frame."""
     from pipelines.model.pyfunc import PROBABILITY
 
     example = None
@@ -201,8 +211,9 @@ def _warm_up(served: ServedModel, pyfunc: Any, request_features: FeatureSpec) ->
     if not isinstance(example, pd.DataFrame) or example.empty or not set(served.features.all) <= set(example.columns):
         example = pd.DataFrame({c: [np.nan] for c in served.features.numeric} | {c: [""] for c in served.features.categorical})
     example = example[list(request_features.all)] if set(request_features.all) <= set(example.columns) else example
+    rows = example.astype(object).where(example.notna(), None).to_dict("records")
     try:
-        online = served.score_frame(example)
+        online = served.score_rows(rows)
         batch = pyfunc.predict(example)[PROBABILITY].to_numpy(dtype=np.float32)
     except Exception as err:
         raise VersionRejected(f"{served.name} v{served.version} failed its warm-up prediction: {type(err).__name__}: {err}") from err
