@@ -5,7 +5,9 @@ Every such failure is a :class:`StepError`: bad data (:class:`CollectError`,
 (:class:`pipelines.config.ConfigError`), nothing to work on (:class:`MonitorError`) or an
 unusable DVC repository or remote (:class:`VersioningError`). The message says what and
 where. Anything else (a lost connection, a killed process, the step worker's own
-``WorkerError``) is infrastructure, and worth a retry.
+``WorkerError``) is infrastructure, and worth a retry: a DVC or git push that failed on
+the way to a usable remote is a :class:`TransientVersioningError`, deliberately not a
+:class:`StepError`, so the task's retries get their chance.
 
 The steps raise these classes and the DAG tasks never name them: a task function
 wrapped in :func:`fail_fast` turns any of them into Airflow's no-retry failure. Only
@@ -50,7 +52,14 @@ class PreprocessError(StepError):
 
 
 class VersioningError(StepError):
-    """A DVC or git operation failed; the message says which, where, and why."""
+    """The DVC repository or remote is unusable (missing, misconfigured, refusing us); the message says which, where, and why."""
+
+
+class TransientVersioningError(RuntimeError):
+    """A DVC or git push to a usable remote failed on the way (network, a lost race): a retry may succeed.
+
+    Not a :class:`StepError`: :func:`fail_fast` lets it through, so Airflow retries the task.
+    """
 
 
 class MonitorError(StepError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shlex
 import subprocess
@@ -29,7 +30,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipelines.errors import VersioningError
+from pipelines.errors import TransientVersioningError, VersioningError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_NAME = "storage"
 LOCK_FILE = "flights-mlops-versioning.lock"  # in the repository's git directory
@@ -378,6 +381,109 @@ def check_remote(remote: Remote) -> None:
             raise VersioningError(f"{remote.describe()} is unreachable: {err}") from None
 
 
+def _remote_object(root: Path, md5: str) -> Path | None:
+    """Where a local remote keeps an object of this hash (DVC 3's layout, then DVC 2's), or None."""
+    for candidate in (root / "files" / "md5" / md5[:2] / md5[2:], root / md5[:2] / md5[2:]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _version_objects(repo: Path, rev: str) -> dict[str, str]:
+    """Pointer file -> the DVC hash of its output, for every ``.dvc`` file of a commit."""
+    import yaml
+
+    objects = {}
+    for pointer in git(repo, "ls-tree", "-r", "--name-only", rev).splitlines():
+        if not pointer.endswith(".dvc"):
+            continue
+        for out in (yaml.safe_load(git(repo, "show", f"{rev}:{pointer}")) or {}).get("outs") or []:
+            if out.get("md5"):
+                objects[f"{pointer} ({out.get('path')})"] = str(out["md5"])
+    return objects
+
+
+def check_remote_holds_versions(repo: Path, remote: Remote, branch: str) -> None:
+    """Refuse a local remote that lost the data the dataset branch records; create it for a first version.
+
+    A local remote that was moved or deleted would otherwise be recreated empty by the
+    next ``dvc push``, which would push only the new version: the team's data split in
+    two places. So when ``branch`` records dataset versions, the remote must exist and
+    hold the objects of its latest one. Without a recorded version the remote is
+    created here (and the log says so). Object-store remotes are checked by
+    :func:`check_remote` only: they are not recreated by a push.
+
+    Args:
+        repo: the repository's top folder.
+        remote: its default remote (:func:`default_remote`).
+        branch: the dataset branch, as synced from the team's git remote.
+
+    Raises:
+        VersioningError: naming the remote, the branch and what is missing.
+    """
+    if not _is_local(remote.url):
+        return
+    root = Path(remote.url)
+    tip = git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+    recorded = (
+        git(repo, "log", "--format=%H", "--grep=^Dataset-Content-Hash:", f"refs/heads/{branch}").split() if tip else []
+    )
+    if not recorded:
+        if not root.exists():
+            root.mkdir(parents=True)
+            log.info("created %s: the first dataset version of %s goes there", remote.describe(), repo)
+        return
+    latest = recorded[0]
+    where = f"branch {branch!r} of {repo} records {len(recorded)} dataset version(s), the latest {latest[:12]}"
+    advice = (
+        "restore the folder, or set MLOPS_DVC_REMOTE_URL to where it is now; nothing was pushed, "
+        "so the team's data is not split between two remotes"
+    )
+    if not root.is_dir():
+        raise VersioningError(f"{remote.describe()} does not exist, but {where}, whose data it must hold: {advice}")
+    missing = [f"{what} {md5}" for what, md5 in _version_objects(repo, latest).items() if _remote_object(root, md5) is None]
+    if missing:
+        raise VersioningError(
+            f"{remote.describe()} does not hold the data of the latest dataset version ({where}); "
+            f"missing: {'; '.join(missing)}. It was emptied or replaced: {advice}"
+        )
+
+
+_PERMANENT_MARKERS = (
+    "accessdenied",
+    "access denied",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "nosuchbucket",
+    "permission denied",
+    "forbidden",
+    "403",
+    "does not appear to be a git repository",
+    "no such remote",
+    "authentication failed",
+)
+
+
+def push_failure(what: str, err: VersioningError) -> Exception:
+    """The error for a failed push: :class:`VersioningError` when the remote refuses us
+    (credentials, permissions, a missing bucket or git remote), else :class:`TransientVersioningError`.
+
+    The remote was checked before the push, so what remains is mostly the way to it
+    (network, throttling, a branch moved by another run meanwhile): worth a retry.
+
+    Args:
+        what: what failed, naming the remote (e.g. ``dvc push to DVC remote 'storage' (...)``).
+        err: the command's error.
+
+    Returns:
+        The exception to raise.
+    """
+    text = str(err).lower()
+    if any(marker in text for marker in _PERMANENT_MARKERS):
+        return VersioningError(f"{what} failed, and a retry cannot fix it: {err}")
+    return TransientVersioningError(f"{what} failed (worth a retry): {err}")
+
+
 # --------------------------------------------------------------------------- git identity and branches
 
 
@@ -413,9 +519,10 @@ def push_branch(repo: Path, remote: str, branch: str) -> None:
     """Push the dataset branch to a git remote, so other clones can check its versions out.
 
     Raises:
-        VersioningError: naming the git remote, if the push fails.
+        VersioningError: the git remote refuses the push (it does not exist, or denies us).
+        TransientVersioningError: any other push failure (network, a branch moved meanwhile).
     """
     try:
         git(repo, "push", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{branch}")
     except VersioningError as err:
-        raise VersioningError(f"git push of {branch!r} to remote {remote!r} failed: {err}") from None
+        raise push_failure(f"git push of {branch!r} to remote {remote!r}", err) from None

@@ -115,8 +115,10 @@ def version_data(
         The recorded version, or None when ``enabled`` is False.
 
     Raises:
-        VersioningError: the data lies outside ``repo``, or the remote, DVC or git failed
-            (``published_dir`` is left as it was when the remote is unusable).
+        VersioningError: the data lies outside ``repo``, or the remote is unusable: unreachable,
+            refusing us, or a local remote that no longer holds the versions the dataset branch
+            records (``published_dir`` is then left as it was, and nothing is pushed).
+        TransientVersioningError: a push failed on the way to a usable remote (retried by Airflow).
     """
     if not enabled:
         if processed_dir is not None:
@@ -140,6 +142,8 @@ def version_data(
         dvc_repo.check_default_remote(repo)
         if git_remote:
             dvc_repo.sync_branch(repo, git_remote, DEFAULT_BRANCH)
+        # After the sync, so a new clone's first run knows the versions the team recorded.
+        dvc_repo.check_remote_holds_versions(repo, dvc_repo.default_remote(repo), DEFAULT_BRANCH)
         if processed_dir is not None:
             publish(processed_dir, published_dir)
         else:
@@ -305,6 +309,7 @@ def record_dataset_version(
 
     Raises:
         VersioningError: a path, the remote, DVC or git failed; nothing recorded.
+        TransientVersioningError: the push failed on the way to a usable remote; nothing recorded.
     """
     repo = dvc_repo.toplevel(repo)
     targets = _data_targets(repo, paths)
@@ -329,6 +334,7 @@ def record_dataset_version(
             raise VersioningError(f"tag {tag!r} already exists on {tagged}, which is not the tip of {branch!r}")
         remote = dvc_repo.default_remote(repo)
         dvc_repo.check_remote(remote)
+        dvc_repo.check_remote_holds_versions(repo, remote, branch)
 
         touched = [repo / p for p in pointers] + sorted({(repo / t).parent / ".gitignore" for t in targets})
         before = _snapshot(touched)
@@ -337,7 +343,7 @@ def record_dataset_version(
             try:
                 dvc_repo.dvc(repo, "push", "--remote", remote.name, *pointers)
             except VersioningError as err:
-                raise VersioningError(f"dvc push to {remote.describe()} failed; nothing recorded: {err}") from None
+                raise dvc_repo.push_failure(f"dvc push to {remote.describe()} (nothing recorded)", err) from None
 
             hashes: dict[str, str] = {}
             per_pointer: dict[str, str] = {}

@@ -46,8 +46,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+def _git(repo: Path, *args: str, check: bool = True) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=check, capture_output=True, text=True).stdout.strip()
 
 
 def _make_repo(root: Path) -> Path:
@@ -299,6 +299,41 @@ def test_unreachable_remote_fails_and_changes_nothing(tmp_path: Path) -> None:
         } == frozen
 
 
+def test_a_missing_local_remote_is_refused_not_recreated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote folder moved away fails version_data, naming it; nothing is pushed; restored, it works."""
+    repo = _make_repo(tmp_path)
+    remote = tmp_path / "team-remote"
+    monkeypatch.setenv("MLOPS_DVC_REMOTE_URL", str(remote))
+    with caplog.at_level("INFO", logger="pipelines.data.dvc_repo"):
+        v1 = version_data(**_step_args(repo, tmp_path / "run1"))
+    assert f"created DVC remote 'storage' ({remote})" in caplog.text, "a first run creates the remote, and says so"
+
+    (repo / CHANGED).write_text("flight,origin,arr_delay\n5,JFK,7\n")
+    published = _hashes(repo / "data" / "processed")
+    moved = tmp_path / "team-remote.moved"
+    remote.rename(moved)
+    for state in ("missing", "empty"):
+        if state == "empty":
+            remote.mkdir()
+        with pytest.raises(VersioningError) as failure:
+            version_data(**_step_args(repo, tmp_path / f"run-{state}"))
+        message = str(failure.value)
+        assert f"DVC remote 'storage' ({remote})" in message and v1.git_rev[:12] in message, message
+        assert ("does not exist" if state == "missing" else "missing: data/") in message, message
+        assert _git(repo, "rev-parse", "datasets") == v1.git_rev
+        assert _hashes(repo / "data" / "processed") == published, "the published data is left as it was"
+        assert (not remote.exists()) if state == "missing" else not any(remote.iterdir()), "nothing pushed"
+    remote.rmdir()
+
+    moved.rename(remote)
+    v2 = version_data(**_step_args(repo, tmp_path / "run-restored"))
+    assert _parents(repo, v2.git_rev)[0] == v1.git_rev
+    dest = restore_dataset_version(str(repo), v1.git_rev, tmp_path / "clone", str(remote))
+    assert (dest / CHANGED).read_text() == "flight,origin,arr_delay\n3,LGA,40\n"
+
+
 def test_lock_times_out_while_another_run_holds_it(tmp_path: Path) -> None:
     repo = _make_repo(tmp_path)
     held, release = threading.Event(), threading.Event()
@@ -415,3 +450,68 @@ def test_s3_remote_push_then_pull_round_trips(tmp_path: Path, moto_s3: str) -> N
     assert _git(repo, "rev-parse", "datasets") == version.git_rev
     assert cache.items() <= _cache(repo).items()
     assert not (repo / "data" / "raw.dvc").exists()
+
+
+def _dropping_server() -> tuple[str, threading.Event]:
+    """A loopback endpoint that accepts each connection and closes it at once: a network fault."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        with server:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}", stop
+
+
+def test_a_push_lost_on_the_network_is_left_to_the_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remote checks out (its endpoint answers) but the push breaks: transient, so fail_fast lets it through."""
+    from pipelines.errors import StepError, TransientVersioningError, fail_fast
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                       "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    endpoint, stop = _dropping_server()
+    try:
+        repo = _make_repo(tmp_path)
+        ensure_dvc(repo)
+        configure_remote(repo, "s3://dvc-remote/flights", endpoint_url=endpoint)
+        with pytest.raises(TransientVersioningError) as failure:
+            fail_fast(record_dataset_version)(repo, DATA, message="on a bad network")
+    finally:
+        stop.set()
+    assert not isinstance(failure.value, StepError)
+    assert "dvc push to DVC remote 'storage' (s3://dvc-remote/flights" in str(failure.value)
+    assert _git(repo, "rev-parse", "--verify", "--quiet", "datasets", check=False) == ""
+
+
+def test_a_lock_timeout_is_left_to_the_retry(tmp_path: Path) -> None:
+    from pipelines.errors import fail_fast
+
+    repo = _make_repo(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with dvc_lock(repo):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(TimeoutError):
+            fail_fast(lambda: dvc_lock(repo, timeout=0.2).__enter__())()
+    finally:
+        release.set()
+        thread.join(10)

@@ -20,6 +20,7 @@ from pipelines.errors import (
     MonitorError,
     PreprocessError,
     StepError,
+    TransientVersioningError,
     ValidationFailed,
     VersioningError,
     fail_fast,
@@ -34,6 +35,7 @@ def test_every_failure_a_retry_cannot_fix_is_a_step_error() -> None:
         assert issubclass(cls, StepError), cls.__name__
     assert issubclass(ConfigError, ValueError), "code catching ValueError still catches a bad configuration"
     assert not issubclass(worker.WorkerError, StepError), "a step worker that failed is worth a retry"
+    assert not issubclass(TransientVersioningError, StepError), "a push lost on the network is worth a retry"
 
 
 def test_the_step_modules_still_name_their_errors() -> None:
@@ -68,7 +70,15 @@ def test_a_configuration_error_too() -> None:
         collect()
 
 
-@pytest.mark.parametrize("error", [OSError("disk full"), KeyError("day"), worker.WorkerError("the step died")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("disk full"),
+        KeyError("day"),
+        worker.WorkerError("the step died"),
+        TransientVersioningError("git push of 'datasets' to remote 'origin' failed (worth a retry): timed out"),
+    ],
+)
 def test_other_errors_propagate_unchanged_to_be_retried(error: Exception) -> None:
     @fail_fast
     def step() -> dict:
