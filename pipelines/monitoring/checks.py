@@ -145,6 +145,8 @@ def check_data_drift(
 
     def dataset(frame: pd.DataFrame):
         frame = frame[columns].copy()
+        for col in numeric:  # Evidently fails on pandas' nullable Int64 (ints read from files)
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
         for col in categorical:  # one dtype on both sides, missing values kept as such
             frame[col] = frame[col].astype("string").astype(object)
         return Dataset.from_pandas(frame, data_definition=definition)

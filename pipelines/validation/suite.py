@@ -24,10 +24,12 @@ from pipelines.config import DatasetConfig, ValidateConfig
 REFERENCE_FILE = "reference.json"
 
 # pandas dtypes accepted for each kind of column in ``dataset.schema``.
+# Nullable pandas dtypes go by their class names (Int64Dtype): Great Expectations looks the names
+# up as numpy dtypes or pandas attributes, and "Int64" is neither, so it never matched.
 _TYPES: dict[str, list[str]] = {
-    "int": ["int64", "int32", "int16", "int8", "Int64", "Int32"],
+    "int": ["int64", "int32", "int16", "int8", "Int64Dtype", "Int32Dtype"],
     # Integers are fine where floats are expected: a CSV column of whole numbers reads as int.
-    "float": ["float64", "float32", "Float64", "int64", "int32", "Int64"],
+    "float": ["float64", "float32", "Float64Dtype", "int64", "int32", "Int64Dtype"],
     "string": ["object", "string", "str", "category"],
     "date": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
 }
