@@ -60,6 +60,34 @@ class FilesSource(_Section):
     kind: Literal["files"] = "files"
     path_template: str
     format: Literal["csv", "parquet"] = "parquet"
+    # How text dates of ``date`` columns are written (strftime codes, e.g. "%d/%m/%Y"); None: ISO 8601.
+    date_format: str | None = None
+    # A day without any file: an error (the producer is late or broken), or a day without rows
+    # (sparse event data); validate.rows_per_day then decides whether an empty day is acceptable.
+    missing_day: Literal["error", "empty"] = "error"
+    # What says a file is whole, beyond being well formed: nothing; a sidecar "<file>.rows" holding
+    # its number of rows (header excluded), "<file>.sha256" holding its sha256 (as sha256sum writes
+    # it); or a marker file without which the day is not ready (marker_template).
+    completeness: Literal["none", "rows_sidecar", "sha256_sidecar", "marker"] = "none"
+    # Formatted with ``date`` like path_template; default: "_SUCCESS" in the folder of the day's files.
+    marker_template: str | None = None
+
+    @model_validator(mode="after")
+    def _marker_per_day(self) -> FilesSource:
+        if self.completeness == "marker":
+            days = (dt.date(2000, 1, 1), dt.date(2000, 1, 2))
+            if self.marker_path(days[0]) == self.marker_path(days[1]):
+                raise ValueError(
+                    "completeness 'marker': the marker would be shared by several days (the day's files "
+                    "share a folder with other days); set 'marker_template' to a path that depends on {date}"
+                )
+        return self
+
+    def marker_path(self, day: dt.date) -> str:
+        """The file that says ``day`` is complete: ``marker_template``, or ``_SUCCESS`` beside its files."""
+        if self.marker_template is not None:
+            return self.marker_template.format(date=day)
+        return str(Path(self.path_template.format(date=day)).parent / "_SUCCESS")
 
 
 class SqlSource(_Section):

@@ -115,7 +115,7 @@ def run_collect(ctx: RunContext) -> dict[str, Any]:
         ctx.settings.raw_dir,
         window_days=window,
         quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name,
-        max_rows=params.validate_.rows_per_day[1] * window,
+        max_rows=params.validate_.rows_per_day[1],  # per day: each day is fetched on its own
     ).as_dict()
 
 
