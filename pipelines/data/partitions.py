@@ -2,7 +2,8 @@
 
 Staged, published and scored data all live as ``<root>/date=YYYY-MM-DD/part-0.parquet``.
 Collect writes these partitions, validate publishes them, preprocess and monitoring
-read them, batch prediction writes its scores in the same layout.
+read them, batch prediction writes its scores in the same layout. :func:`read_sample`
+samples a processed split the same way for evaluation's baseline and monitoring's reference.
 """
 
 from __future__ import annotations
@@ -109,6 +110,41 @@ def read_days(
 
         return pd.DataFrame(columns=list(columns) if columns else None), missing
     return read_partitions(paths, columns=columns), missing
+
+
+def read_sample(parquet: Path | str, rows: int, seed: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A seeded uniform sample of ``rows`` rows of a Parquet file (all of it when smaller), in file order.
+
+    The file is read one row group at a time and only the sampled rows are
+    kept, so memory follows ``rows``, not the file.
+
+    Args:
+        parquet: the file (a processed split).
+        rows: the sample's size, at most.
+        seed: the sample's seed: the same seed, the same rows.
+        columns: read only these columns (default: all).
+
+    Returns:
+        The sampled rows, in the file's order.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted = list(columns) if columns else None
+    pf = pq.ParquetFile(parquet)
+    total = pf.metadata.num_rows
+    if total <= rows:
+        return pf.read(columns=wanted).to_pandas()
+    at = np.sort(np.random.default_rng(seed).choice(total, size=rows, replace=False))
+    tables, offset = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        lo, hi = np.searchsorted(at, [offset, offset + n])
+        if hi > lo:
+            tables.append(pf.read_row_group(g, columns=wanted).take(pa.array(at[lo:hi] - offset)))
+        offset += n
+    return pa.concat_tables(tables).to_pandas()
 
 
 def write_partition(frame: pd.DataFrame, path: Path, sort_by: tuple[str, ...]) -> Path:

@@ -64,12 +64,12 @@ def _column_scores(snapshot_dict: Mapping[str, Any]) -> dict[str, float]:
 def drift_columns(spec: DatasetConfig, cfg: MonitorConfig.Drift) -> tuple[list[str], list[str]]:
     """The numeric and categorical features whose drift counts.
 
+    An exclusion that names no feature is refused when the params load
+    (:func:`pipelines.config.column_problems`).
+
     Raises:
-        ConfigError: ``monitor.drift.exclude_columns`` names a column that is not a feature.
+        ConfigError: ``monitor.drift.exclude_columns`` leaves no feature to watch.
     """
-    unknown = set(cfg.exclude_columns) - set(spec.features.all)
-    if unknown:
-        raise ConfigError(f"monitor.drift.exclude_columns: {sorted(unknown)} are not features of dataset.features")
     numeric = [c for c in spec.features.numeric if c not in cfg.exclude_columns]
     categorical = [c for c in spec.features.categorical if c not in cfg.exclude_columns]
     if not numeric + categorical:
@@ -280,7 +280,7 @@ def check_performance(
 ) -> Performance:
     """The champion's metrics on labelled scored rows against its holdout metrics.
 
-    The metrics are :func:`pipelines.steps.evaluate.binary_metrics`, the ones its
+    The metrics are :func:`pipelines.model.metrics.binary_metrics`, the ones its
     holdout metrics were computed with. The Evidently report shows the same
     rows against the reference (its training sample) for a reader.
 
@@ -291,7 +291,7 @@ def check_performance(
         days: the days the rows come from (ISO dates), for the record.
     """
     from pipelines.model.features import LABEL
-    from pipelines.steps.evaluate import binary_metrics
+    from pipelines.model.metrics import binary_metrics
 
     limits = dict(cfg.max_worsening)
     missing = [m for m in limits if m not in holdout]

@@ -46,7 +46,7 @@ def write_reference(
 ) -> Path:
     """Write the monitoring reference of a model: a sample of its training split and its probabilities.
 
-    The sample is read row group by row group (:func:`pipelines.steps.preprocess.read_sample`):
+    The sample is read row group by row group (:func:`pipelines.data.partitions.read_sample`):
     the split is never held whole.
 
     The probabilities come from the saved Keras model through the same input
@@ -64,9 +64,9 @@ def write_reference(
     Returns:
         The Parquet file: key, time, feature and label columns, and ``delay_probability``.
     """
+    from pipelines.data.partitions import read_sample
     from pipelines.model.features import to_model_inputs
     from pipelines.model.network import load_model, predict_proba
-    from pipelines.steps.preprocess import read_sample
 
     sample = read_sample(train_parquet, cfg.reference_rows, cfg.seed)
     model = load_model(str(model_path))

@@ -108,6 +108,7 @@ PRELOAD = (
     "pipelines.model.network",
     "pipelines.model.tfdata",
     "pipelines.steps.train",
+    "pipelines.model.metrics",
     "pipelines.steps.evaluate",
     "pipelines.model.pyfunc",
     "pipelines.promotion",

@@ -26,33 +26,15 @@ from pipelines.config import (
     RegisterConfig,
     TrainConfig,
 )
+from pipelines.data.partitions import read_sample
 from pipelines.model.features import LABEL
-from pipelines.steps.preprocess import load_manifest, read_sample
+from pipelines.model.metrics import binary_metrics
+from pipelines.steps.preprocess import load_manifest
 from pipelines.tracking import Tracking, get_or_create_run, use_tracking
 
 log = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
-
-
-def binary_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUC, log loss, Brier score, accuracy, precision and recall at ``threshold``."""
-    from sklearn import metrics
-
-    y_true = np.asarray(y_true).astype(int)
-    proba = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1 - 1e-7)
-    pred = (proba >= threshold).astype(int)
-    two_classes = len(np.unique(y_true)) == 2
-    return {
-        "auc": float(metrics.roc_auc_score(y_true, proba)) if two_classes else float("nan"),
-        "log_loss": float(metrics.log_loss(y_true, proba, labels=[0, 1])),
-        "brier": float(metrics.brier_score_loss(y_true, proba)),
-        "accuracy": float(metrics.accuracy_score(y_true, pred)),
-        "precision": float(metrics.precision_score(y_true, pred, zero_division=0)),
-        "recall": float(metrics.recall_score(y_true, pred, zero_division=0)),
-        "positive_rate": float(y_true.mean()),
-        "rows": float(len(y_true)),
-    }
 
 
 def _baseline_frame(frame: pd.DataFrame, spec: DatasetConfig, categories: dict[str, list[str]]) -> pd.DataFrame:

@@ -50,31 +50,6 @@ REPORT_ARTIFACT_DIR = "reports"  # in the MLflow run of the monitoring run
 # --------------------------------------------------------------------------- the window
 
 
-def source_run_day(conf: Mapping[str, Any] | None, data_interval_start: Any, logical_date: Any) -> dt.date | None:
-    """The day a training run collected, as the training DAG reads it: ``data_date``, else its data interval."""
-    if conf and conf.get("data_date"):
-        return dt.date.fromisoformat(str(conf["data_date"]))
-    for moment in (data_interval_start, logical_date):
-        if moment is not None:
-            return moment.date() if isinstance(moment, dt.datetime) else dt.date.fromisoformat(str(moment)[:10])
-    return None
-
-
-def data_ready(published: bool, source_run_states: Sequence[str]) -> str:
-    """Whether a monitoring run can start: ``ready``, ``wait`` or ``missing``.
-
-    Monitoring waits for the day to be published *and* for the training runs
-    that brought it to finish: they publish the day after validating it, score
-    the next day and may promote a new champion; a retraining decided while
-    one of them still runs would only pile up behind it. A day that is not
-    published once they are over will not come (its validation failed).
-    """
-    finished = all(state in ("success", "failed") for state in source_run_states)
-    if not finished:
-        return "wait"
-    return "ready" if published else "missing"
-
-
 def window(day: dt.date, days: int) -> list[dt.date]:
     """The ``days`` days ending on ``day``, oldest first."""
     return [day - dt.timedelta(days=days - 1 - i) for i in range(days)]

@@ -396,30 +396,6 @@ def preprocess(dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end
     return load_manifest(out_dir)
 
 
-def read_sample(parquet: Path | str, rows: int, seed: int, columns: list[str] | None = None) -> pd.DataFrame:
-    """A seeded uniform sample of ``rows`` rows of a Parquet file (all of it when smaller), in file order.
-
-    The file is read one row group at a time and only the sampled rows are
-    kept, so memory follows ``rows``, not the file.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(parquet)
-    total = pf.metadata.num_rows
-    if total <= rows:
-        return pf.read(columns=columns).to_pandas()
-    at = np.sort(np.random.default_rng(seed).choice(total, size=rows, replace=False))
-    tables, offset = [], 0
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        lo, hi = np.searchsorted(at, [offset, offset + n])
-        if hi > lo:
-            tables.append(pf.read_row_group(g, columns=columns).take(pa.array(at[lo:hi] - offset)))
-        offset += n
-    return pa.concat_tables(tables).to_pandas()
-
-
 def load_manifest(processed_dir: Path) -> dict[str, Any]:
     """``manifest.json`` with its file paths made absolute.
 

@@ -102,12 +102,23 @@ def test_data_drift_winter_reference_against_winter(january_reference, tmp_path)
 
 def test_drift_columns_reject_an_unknown_exclusion() -> None:
     from pipelines.config import ConfigError
-    from pipelines.monitoring.checks import drift_columns
 
-    # Refused when the params load (their column checks), else by drift_columns itself.
-    with pytest.raises(ConfigError, match="arr_delay"):
-        params = _params().with_overrides({"monitor.drift.exclude_columns": ["month", "arr_delay"]})
-        drift_columns(params.dataset, params.monitor.drift)
+    # Refused when the params load (their column checks, the one place that looks).
+    with pytest.raises(ConfigError, match="monitor.drift.exclude_columns: 'arr_delay'"):
+        _params().with_overrides({"monitor.drift.exclude_columns": ["month", "arr_delay"]})
+
+
+def test_readiness_stays_light_for_the_sensor() -> None:
+    import subprocess
+    import sys
+
+    # The monitoring DAG's sensor pokes in its own process: no pandas or NumPy there.
+    code = (
+        "import sys; from pipelines.monitoring.readiness import data_ready, source_run_day; "
+        "print(sorted(m for m in ('pandas', 'numpy', 'pyarrow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_prediction_drift_on_shifted_probabilities(tmp_path) -> None:
@@ -136,9 +147,9 @@ def test_worsening_points_the_right_way() -> None:
 
 def test_performance_check_compares_with_the_holdout(tmp_path) -> None:
     from pipelines.model.features import LABEL
+    from pipelines.model.metrics import binary_metrics
     from pipelines.monitoring.checks import check_performance
     from pipelines.monitoring.reference import PROBABILITY
-    from pipelines.steps.evaluate import binary_metrics
 
     cfg = _params().monitor.performance
     rng = np.random.default_rng(1)
@@ -273,7 +284,7 @@ def test_training_run_note_fits_airflow() -> None:
 
 
 def test_source_run_day_reads_like_the_training_dag() -> None:
-    from pipelines.steps.monitor import source_run_day
+    from pipelines.monitoring.readiness import source_run_day
 
     start = dt.datetime(2013, 6, 28, 3, tzinfo=dt.UTC)
     assert source_run_day({"data_date": "2013-06-20"}, start, start) == dt.date(2013, 6, 20)
@@ -283,7 +294,7 @@ def test_source_run_day_reads_like_the_training_dag() -> None:
 
 
 def test_monitoring_waits_for_the_training_run_that_brought_the_day() -> None:
-    from pipelines.steps.monitor import data_ready
+    from pipelines.monitoring.readiness import data_ready
 
     assert data_ready(True, []) == "ready"  # triggered by hand
     assert data_ready(False, []) == "missing"

@@ -173,7 +173,7 @@ def test_read_sample_is_seeded_uniform_and_in_file_order(processed: Processed, t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.steps.preprocess import read_sample
+    from pipelines.data.partitions import read_sample
 
     train = processed.split("train").reset_index(names="row")
     path = tmp_path / "groups.parquet"
