@@ -62,7 +62,7 @@ def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
 
     The day is the ``monitor_date`` parameter, else the latest day those runs collected.
     """
-    from pipelines.steps.monitor import source_run_day
+    from pipelines.monitoring.readiness import source_run_day
 
     ctx = get_current_context()
     days, sources = [], []
@@ -130,8 +130,8 @@ def flights_monitoring():
     def wait_for_data() -> PokeReturnValue:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from pipelines.monitoring.readiness import data_ready
         from pipelines.runner import run_check_published
-        from pipelines.steps.monitor import data_ready
 
         day, sources = _monitor_day()
         ti = get_current_context()["ti"]
