@@ -44,7 +44,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
-from pipelines.alerts import on_failure_callback
+from pipelines.alerts import on_failure_callback, record_task_failure
 from pipelines.assets import FLIGHTS_COLLECTED, LAST_RETRAINING_KEY, RETRAINING_REQUESTED
 from pipelines.errors import StepError, fail_fast
 
@@ -63,8 +63,11 @@ def _monitor_day() -> tuple[dt.date, list[tuple[str, str]]]:
     The day is the ``monitor_date`` parameter, else the latest day those runs collected.
     """
     from pipelines.monitoring.readiness import source_run_day
+    from pipelines.runner import check_trigger_conf
 
     ctx = get_current_context()
+    # Airflow lets undeclared conf keys through: refuse them before anything is read.
+    check_trigger_conf(ctx["dag_run"].conf or {}, ctx["dag"].params, DAG_ID)
     days, sources = [], []
     for events in ctx["triggering_asset_events"].values():
         for event in events:
@@ -108,6 +111,8 @@ def _poke_seconds() -> int:
     render_template_as_native_obj=True,
     on_failure_callback=on_failure_callback,
     default_args={
+        # Keeps the task's error for the run's alert (a DAG's callback is not given it).
+        "on_failure_callback": record_task_failure,
         "retries": 1,
         "retry_delay": dt.timedelta(seconds=60),
         "execution_timeout": dt.timedelta(minutes=15),

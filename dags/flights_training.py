@@ -51,7 +51,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, get_current_context, task
 
-from pipelines.alerts import on_failure_callback
+from pipelines.alerts import on_failure_callback, record_task_failure
 from pipelines.assets import FLIGHTS_COLLECTED
 from pipelines.config import field_bounds
 from pipelines.errors import fail_fast
@@ -62,9 +62,11 @@ DAG_ID = "flights_training"
 def _run_context():
     """The pipeline's view of the current task's DAG run (imports stay inside tasks)."""
     from pipelines.config import ConfigError
-    from pipelines.runner import RunContext
+    from pipelines.runner import RunContext, check_trigger_conf
 
     ctx = get_current_context()
+    # Airflow lets undeclared conf keys through: refuse them before any data is touched.
+    check_trigger_conf(ctx["dag_run"].conf or {}, ctx["dag"].params, DAG_ID)
     params = dict(ctx["params"])
     if params.get("data_date"):
         run_day = dt.date.fromisoformat(params["data_date"])
@@ -96,6 +98,8 @@ def _train_placement() -> dict:
     tags=["mlops", "training"],
     doc_md=__doc__,
     default_args={
+        # Keeps the task's error for the run's alert (a DAG's callback is not given it).
+        "on_failure_callback": record_task_failure,
         "retries": 1,
         "retry_delay": dt.timedelta(seconds=30),
         "execution_timeout": dt.timedelta(minutes=20),

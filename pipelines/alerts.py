@@ -174,21 +174,91 @@ def send(
 # --------------------------------------------------------------------------- the three events
 
 
-def on_failure_callback(context: Mapping[str, Any]) -> None:
-    """An Airflow ``on_failure_callback`` (DAG or task level): alert ``run_failed``. Never raises."""
+FAILURES_DIR = "failures"  # in the run's folder: one JSON file per failed task
+NO_ERROR_RECORDED = "no error recorded (the task process may have been killed): see the task's log"
+
+
+def _identity(context: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    dag = context.get("dag")
+    ti = context.get("task_instance") or context.get("ti")
+    dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
+    run_id = context.get("run_id") or getattr(ti, "run_id", None)
+    return dag_id, run_id, getattr(ti, "task_id", None)
+
+
+def _failures_dir(dag_id: str, run_id: str) -> Path:
+    from pipelines.settings import resolve
+
+    return resolve().run_dir(dag_id, run_id) / FAILURES_DIR
+
+
+def _describe(error: BaseException) -> str:
+    # fail_fast's AirflowFailException already reads "ClassName: message".
+    text = str(error)
+    return text if type(error).__name__ == "AirflowFailException" and text else f"{type(error).__name__}: {text}"
+
+
+def record_task_failure(context: Mapping[str, Any]) -> None:
+    """A task-level ``on_failure_callback``: keep the task's error for the run's failure alert. Never raises.
+
+    Airflow 3 gives a DAG's failure callback the run and its last failed task instance,
+    not the exception: the task's own callback (which has it) writes it to
+    ``<run folder>/failures/<task id>.json``, where :func:`on_failure_callback` reads it.
+    """
     try:
-        dag = context.get("dag")
-        ti = context.get("task_instance") or context.get("ti")
-        dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
-        run_id = context.get("run_id") or getattr(ti, "run_id", None)
-        task_id = getattr(ti, "task_id", None)
+        dag_id, run_id, task_id = _identity(context)
         error = context.get("exception")
-        reason = context.get("reason")
-        what = f"task {task_id}" if task_id else "a task"
-        summary = f"{dag_id} run {run_id} failed at {what}"
+        if not (dag_id and run_id and task_id):
+            return
+        folder = _failures_dir(dag_id, run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        ti = context.get("task_instance") or context.get("ti")
+        record = {
+            "task_id": task_id,
+            "try_number": getattr(ti, "try_number", None),
+            "error": _describe(error) if error is not None else NO_ERROR_RECORDED,
+        }
+        (folder / f"{task_id}.json").write_text(json.dumps(record, default=str), encoding="utf-8")
+    except Exception:  # a callback that raises only hides the original failure
+        log.exception("the task's failure could not be recorded")
+
+
+def failed_tasks(dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The failures :func:`record_task_failure` kept for a run: task id, try number and error."""
+    folder = _failures_dir(dag_id, run_id)
+    if not folder.is_dir():
+        return []
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+def on_failure_callback(context: Mapping[str, Any]) -> None:
+    """An Airflow ``on_failure_callback`` (DAG or task level): alert ``run_failed``, naming the task and its error.
+
+    At task level the context holds the exception. At DAG level it holds the last failed
+    task instance only: the errors come from what :func:`record_task_failure` kept for
+    the run, and every failed task is listed. Never raises.
+    """
+    try:
+        dag_id, run_id, task_id = _identity(context)
+        error = context.get("exception")
+        failures = []
         if error is not None:
-            summary += f": {type(error).__name__}: {error}"
-        details = {"task_id": task_id, "reason": reason, "error": None if error is None else str(error)}
+            failures = [{"task_id": task_id, "error": _describe(error)}]
+        elif dag_id and run_id:
+            failures = [{"task_id": f["task_id"], "error": f["error"]} for f in failed_tasks(dag_id, run_id)]
+        if task_id is not None and task_id not in {f["task_id"] for f in failures}:
+            failures.append({"task_id": task_id, "error": NO_ERROR_RECORDED})
+        first = next((f for f in failures if f["task_id"] == task_id), failures[0] if failures else None)
+        what = f"task {first['task_id']}: {first['error']}" if first else "a task (none recorded)"
+        summary = f"{dag_id} run {run_id} failed at {what}"
+        if len(failures) > 1:
+            summary += f" (and {len(failures) - 1} more: {', '.join(f['task_id'] for f in failures if f is not first)})"
+        details = {
+            "task_id": first["task_id"] if first else None,
+            "error": first["error"] if first else NO_ERROR_RECORDED,
+            "failed_tasks": failures,
+            "reason": context.get("reason"),
+        }
         send("run_failed", summary, details, dag_id=dag_id, run_id=run_id)
     except Exception:  # a callback that raises only hides the original failure
         log.exception("failure alert could not be sent")

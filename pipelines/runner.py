@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +31,49 @@ PARAM_OVERRIDES: dict[str, str] = {
     "batch_size": "train.batch_size",
     "training_window_days": "preprocess.training_window_days",
 }
+PROMOTION_REASON_MIN_CHARS = 10
+
+
+def check_trigger_conf(conf: Mapping[str, Any], declared: Iterable[str], dag_id: str) -> None:
+    """Refuse a manual run's conf that names an undeclared parameter or forces promotion without a reason.
+
+    Airflow passes conf keys the DAG does not declare through to the run, where nothing
+    reads them (``{"epochz": 3}`` would train with the default epochs): the DAG's first
+    task and the operators' CLI both check with this, against the DAG's declared params.
+
+    Args:
+        conf: the run's conf (trigger parameters).
+        declared: the DAG's declared parameter names (``dag.params``).
+        dag_id: the DAG, for the message.
+
+    Raises:
+        ConfigError: naming each unknown key and the allowed ones, or the missing reason.
+    """
+    allowed = sorted(declared)
+    unknown = sorted(set(conf) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown trigger parameter(s) for {dag_id}: {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
+        )
+    force_reason(conf)
+
+
+def force_reason(trigger_params: Mapping[str, Any]) -> str | None:
+    """The stated reason of a run that forces promotion, None when it does not force it.
+
+    Raises:
+        ConfigError: ``force_promotion`` without a ``promotion_reason`` of 10 characters or more.
+    """
+    if not trigger_params.get("force_promotion"):
+        return None
+    reason = str(trigger_params.get("promotion_reason") or "").strip()
+    if len(reason) < PROMOTION_REASON_MIN_CHARS:
+        raise ConfigError(
+            f"force_promotion needs 'promotion_reason': say in at least {PROMOTION_REASON_MIN_CHARS} characters why "
+            "the gate is overridden (it is recorded on the model version and in the promotion log)"
+        )
+    return reason
 
 
 @dataclass(frozen=True)
@@ -53,15 +96,9 @@ class RunContext:
         overrides = {
             PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None
         }
-        force_reason = None
-        if trigger_params.get("force_promotion"):
-            force_reason = (trigger_params.get("promotion_reason") or "").strip()
-            if len(force_reason) < 10:
-                raise ConfigError(
-                    "force_promotion needs 'promotion_reason': say in at least 10 characters why "
-                    "the gate is overridden (it is recorded on the model version and in the promotion log)"
-                )
-        return cls(dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides, force_reason=force_reason)
+        return cls(
+            dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides, force_reason=force_reason(trigger_params)
+        )
 
     @cached_property
     def params(self) -> Params:

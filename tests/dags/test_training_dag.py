@@ -187,6 +187,10 @@ def test_bad_configuration_fails_the_task_at_once_and_alerts(dagbag, airflow_db)
         assert tis[downstream].state in ("upstream_failed", None), downstream
     alerts = [a for a in read_alerts(resolve().home)[before:] if a["run_id"] == dag_run.run_id]
     assert [(a["event"], a["details"]["task_id"]) for a in alerts] == [("run_failed", "collect")]
+    # The alert says what failed, not just where.
+    assert alerts[0]["details"]["error"].startswith("ConfigError: force_promotion needs 'promotion_reason'")
+    assert "ConfigError: force_promotion" in alerts[0]["summary"]
+    assert alerts[0]["details"]["failed_tasks"] == [{"task_id": "collect", "error": alerts[0]["details"]["error"]}]
 
 
 def _parse_in_fresh_interpreter(params_path: Path) -> dict:
