@@ -1,6 +1,7 @@
 """Command line: ``python -m pipelines <command>``.
 
     run        every step of one pipeline run in this process, in DAG order
+    monitor    the monitoring checks of one day, as the monitoring DAG runs them
     step       one training step on explicit paths (what the ``dvc.yaml`` stages run)
     release    publish a quarantined batch after a fix (validated again)
     rollback   move the champion alias back to the previous champion, recorded
@@ -33,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key, e.g. train.epochs=3"
     )
 
+    mon = sub.add_parser("monitor", help="the monitoring checks of one day, as the monitoring DAG runs them")
+    mon.add_argument("--date", required=True, type=dt.date.fromisoformat, help="monitored day (last of the window)")
+    mon.add_argument("--run-id", default=None, help="run id (default: cli_monitor__<date>)")
+    mon.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key, e.g. monitor.window_days=3"
+    )
+
     step = sub.add_parser("step", help="one training step on explicit paths (the dvc.yaml stages)")
     step.add_argument("name", choices=["preprocess", "train", "evaluate"])
     step.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -62,7 +70,14 @@ def _overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(
+                f"--set {key}: {value!r} is not a YAML value ({problem}); "
+                f"quote it whole for the shell, e.g. --set '{key}={{kind: files, format: csv}}'"
+            ) from None
     return out
 
 
@@ -142,6 +157,56 @@ def _history_plot(model_dir: Path) -> None:
     (model_dir / "history_plot.json").write_text(json.dumps(rows, indent=1))
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    """The monitoring DAG's checks for one day, through the same runner functions; a summary on stdout.
+
+    The cooldown and the guard against a queued training run are kept by Airflow: here the
+    decision is what the checks ask for, and no training run is created.
+    """
+    from pipelines.errors import StepError
+    from pipelines.monitoring.checks import DataDrift, Performance, PredictionDrift, check_from_dict
+    from pipelines.runner import (
+        RunContext,
+        run_check_data_drift,
+        run_check_performance,
+        run_check_prediction_drift,
+        run_check_published,
+        run_decide,
+        run_resolve_champion,
+    )
+
+    ctx = RunContext(
+        dag_id="cli",
+        run_id=args.run_id or f"cli_monitor__{args.date.isoformat()}",
+        run_day=args.date,
+        overrides=_overrides(args.set),
+    )
+    ctx.params  # noqa: B018 - fail on bad params before any work
+    published = run_check_published(ctx)
+    if not published["published"]:
+        print(f"error: {published['source_day']} is not published ({published['path']}): nothing to monitor", file=sys.stderr)
+        return 1
+    try:
+        champion = run_resolve_champion(ctx)
+    except StepError as err:  # no champion yet, or one without its reference
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    checks = {
+        "data_drift": run_check_data_drift(ctx, champion),
+        "prediction_drift": run_check_prediction_drift(ctx, champion),
+        "performance": run_check_performance(ctx, champion),
+    }
+    decision = run_decide(ctx, checks, None, 0)
+    kinds = {"data_drift": DataDrift, "prediction_drift": PredictionDrift, "performance": Performance}
+    print(f"monitored {decision['day']} with {champion['model_name']} v{champion['version']}")
+    for name, result in checks.items():
+        print(f"  {check_from_dict(kinds[name], result).summary()}")
+    verdict = f"retrain ({', '.join(decision['triggers'])})" if decision["retrain"] else "no retraining"
+    print(f"decision: {verdict}; cooldown and queued training runs are not checked outside Airflow")
+    print(f"reports: {ctx.run_dir / 'monitor'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -157,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             ctx.params  # noqa: B018 - fail on bad params before any work
             result = run_all(ctx)
+        elif args.command == "monitor":
+            return _monitor(args)
         elif args.command == "step":
             result = _step(args)
         elif args.command == "rollback":

@@ -119,14 +119,18 @@ def batch_predict(
     except mlflow.exceptions.MlflowException:
         log.warning("%s has no %r alias yet (no model passed the promotion gate): nothing scored", name, alias)
         return {"rows": 0, "path": None, "day": day.isoformat(), "skipped": f"no {alias} model yet"}
-    with use_tracking(tracking_uri):
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-
-    scores = []
-    step = cfg.batch_rows
-    for lo in range(0, len(frame), step):
-        part = frame.iloc[lo : lo + step]
-        scores.append(model.predict(part[list(spec.features.all)])["delay_probability"].to_numpy())
+    if frame.empty:
+        # A day without rows (dataset.source.missing_day: empty) is scored as such: its partition says
+        # the day was scored, with nothing in it, and the model is not loaded for nothing.
+        log.info("no rows to score for %s: writing an empty prediction partition (model not loaded)", day)
+        scores = []
+    else:
+        with use_tracking(tracking_uri):
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        scores = [
+            model.predict(frame.iloc[lo : lo + cfg.batch_rows][list(spec.features.all)])["delay_probability"].to_numpy()
+            for lo in range(0, len(frame), cfg.batch_rows)
+        ]
     proba = pd.Series(np.concatenate(scores) if scores else [], dtype="float32", index=frame.index)
     out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
     out["delay_probability"] = proba
@@ -137,7 +141,7 @@ def batch_predict(
     out["input_fingerprint"] = fingerprint
     out["scored_at"] = pd.Timestamp.now(tz="UTC")
 
-    if cfg.sink is not None:
+    if cfg.sink is not None and len(out):
         upsert(out, cfg.sink, list(spec.key_columns))
     path = partition_dir(predictions_dir, day) / PREDICTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
