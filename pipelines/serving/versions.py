@@ -4,13 +4,16 @@
 pyfunc of :mod:`pipelines.model.pyfunc`, whose Keras model holds the
 preprocessing), then wraps the same Keras model in a ``tf.function`` with a
 fixed input signature: one traced graph called directly, without the fixed
-cost of ``model.predict`` on every call. Rows become model inputs through
-:func:`pipelines.model.features.to_model_inputs`, the one conversion that
-training, evaluation and batch scoring use: no training/serving skew.
+cost of ``model.predict`` on every call. All preprocessing is inside that
+model, as in training and batch scoring: no training/serving skew. Request
+rows become its raw inputs with the types that
+:func:`pipelines.model.features.to_model_inputs` gives a frame (float32 with
+NaN for a missing number, strings for categories).
 
 Before a version may serve, :func:`load_version` checks it: the features it
 needs are all in the request schema, and its scores of its own logged input
-example are finite and equal (to float tolerance) to the batch pyfunc's.
+example, sent through the request path, are finite and equal (to float
+tolerance) to the batch pyfunc's scores of the same frame.
 """
 
 from __future__ import annotations
@@ -57,12 +60,6 @@ class ServedModel:
     loaded_at: str
     load_seconds: float
     _score: Callable[[dict[str, Any]], Any] = field(repr=False, compare=False)
-
-    def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """Delay probabilities of a frame of raw feature columns, as float32."""
-        from pipelines.model.features import to_model_inputs
-
-        return self._score(to_model_inputs(frame, self.features))
 
     def score_rows(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         """Delay probabilities of validated rows (dicts of raw feature values), as float32.
