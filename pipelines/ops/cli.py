@@ -127,10 +127,28 @@ def _ensure_unpaused(api: AirflowAPI, dag_id: str, unpause: bool, echo: Callable
         echo(f"note: {dag_id} is paused; the scheduler starts its runs once it is unpaused (--unpause)")
 
 
+def check_conf(api: AirflowAPI, dag_id: str, conf: dict[str, Any]) -> None:
+    """Refuse, before anything is created, conf keys the DAG does not declare and a forced promotion without a reason.
+
+    Airflow's API accepts undeclared keys (and the run ignores them); the declared ones are
+    the DAG's own params, as the API server knows them.
+
+    Raises:
+        pipelines.config.ConfigError: naming the key and the allowed ones (a ``ValueError``: exit status 2).
+    """
+    from urllib.parse import quote
+
+    from pipelines.runner import check_trigger_conf
+
+    details = api.request("GET", f"/dags/{quote(dag_id, safe='')}/details")
+    check_trigger_conf(conf, (details or {}).get("params") or {}, dag_id)
+
+
 def cmd_trigger(api: AirflowAPI, args: argparse.Namespace) -> int:
     conf = dict(args.conf)
     if args.date:
         conf["data_date"] = args.date
+    check_conf(api, args.dag, conf)
     _ensure_unpaused(api, args.dag, args.unpause, _err)
     run = api.trigger(args.dag, conf, args.logical_date, args.run_id, args.note)
     if args.json and not args.wait:

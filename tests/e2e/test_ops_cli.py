@@ -39,7 +39,12 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
     start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    params={"epochs": Param(1, type="integer", minimum=1, title="Epochs")},
+    params={
+        "epochs": Param(1, type="integer", minimum=1, title="Epochs"),
+        "data_date": Param(None, type=["null", "string"], format="date"),
+        "force_promotion": Param(False, type="boolean"),
+        "promotion_reason": Param(None, type=["null", "string"]),
+    },
 )
 def ops_probe():
     @task
@@ -160,6 +165,18 @@ def test_trigger_refuses_a_parameter_outside_its_schema(api_server) -> None:
     done = _ops("trigger", "--conf", '{"epochs": 0}')
     assert done.returncode == 2
     assert "HTTP 400" in done.stderr and "epochs" in done.stderr, done.stderr
+
+
+def test_trigger_refuses_undeclared_keys_and_a_forced_promotion_without_reason(api_server) -> None:
+    """Airflow's API would accept both and the run would ignore them: the CLI refuses before it triggers."""
+    runs_before = json.loads(_ops("--json", "status", "--limit", "100").stdout)
+    unknown = _ops("trigger", "--conf", '{"epochz": 3}')
+    assert unknown.returncode == 2, unknown.stderr
+    assert "unknown trigger parameter(s) for ops_probe: 'epochz'" in unknown.stderr, unknown.stderr
+    assert "allowed: data_date, epochs, force_promotion, promotion_reason" in unknown.stderr, unknown.stderr
+    forced = _ops("trigger", "--conf", '{"force_promotion": true, "promotion_reason": "why"}')
+    assert forced.returncode == 2 and "force_promotion needs 'promotion_reason'" in forced.stderr, forced.stderr
+    assert json.loads(_ops("--json", "status", "--limit", "100").stdout) == runs_before, "no run was created"
 
 
 def test_backfill_dry_run_lists_one_run_per_day(api_server) -> None:
