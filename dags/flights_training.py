@@ -40,7 +40,9 @@ versions the raw data only, and `batch_predict` scores the next day with the cur
 The new model (`challenger`) and the current `champion` are scored on the same holdout in the
 `evaluate` task. The challenger becomes champion if it meets the AUC floor, is not worse than the
 champion by more than `register.max_auc_drop`, and no slice regresses by more than
-`register.max_slice_auc_drop`; the first model must also beat the scikit-learn baseline.
+`register.max_slice_auc_drop`; the first model must also beat the scikit-learn baseline. A model
+trained on a batch that passed validation with warnings is not promoted automatically: check the
+data, then promote it with `force_promotion` and a `promotion_reason`.
 `python -m pipelines rollback --reason "..."` moves `champion` back.
 """
 
@@ -211,11 +213,11 @@ def flights_training():
 
     @task
     @fail_fast
-    def register(processed: dict, trained: dict, evaluation: dict, versioned: dict) -> dict:
+    def register(processed: dict, trained: dict, evaluation: dict, versioned: dict, validated: dict) -> dict:
         from pipelines.runner import run_alert_promotion, run_register
 
         ctx = _run_context()
-        registered = run_register(ctx, processed, trained, evaluation, versioned)
+        registered = run_register(ctx, processed, trained, evaluation, versioned, validated)
         run_alert_promotion(ctx, registered)  # a refused promotion is worth a notification
         return registered
 
@@ -233,7 +235,7 @@ def flights_training():
     versioned = version_data(processed, validated)
     trained = train(processed, versioned, validated)
     evaluation = evaluate(processed, trained)
-    batch_predict(register(processed, trained, evaluation, versioned))
+    batch_predict(register(processed, trained, evaluation, versioned, validated))
 
 
 flights_training()

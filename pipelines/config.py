@@ -176,6 +176,23 @@ class CollectConfig(_Section):
     fill_training_window: bool = True
 
 
+ValidationRule = Literal[
+    "nulls", "ranges", "categories", "unseen_categories", "reference_ranges", "row_count", "duplicates", "interval"
+]
+# Where a warning stops being one (validate.escalate): a tenth of the rows breaking a rule is no
+# longer noise; a day with half the rows of the lower bound, or 1.5 times the upper, is not a day.
+ESCALATE: dict[str, float] = {
+    "nulls": 0.10,
+    "ranges": 0.10,
+    "categories": 0.10,
+    "unseen_categories": 0.10,
+    "reference_ranges": 0.10,
+    "row_count": 0.5,
+    "duplicates": 0.10,
+    "interval": 0.10,
+}
+
+
 class ValidateConfig(_Section):
     max_null_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     null_fraction_overrides: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
@@ -188,15 +205,18 @@ class ValidateConfig(_Section):
     # Values of the training data's range widened by this share of it on each side are usual.
     reference_range_margin: Annotated[float, Field(ge=0, le=10)] = 0.5
     # What a failed rule does: stop the run, or warn and carry on (schema problems always stop).
-    severity: dict[
-        Literal[
-            "nulls", "ranges", "categories", "unseen_categories", "reference_ranges", "row_count", "duplicates", "interval"
-        ],
-        Literal["stop", "warn"],
-    ] = {}
+    severity: dict[ValidationRule, Literal["stop", "warn"]] = {}
+    # A warn rule stops the batch all the same past its escalation level, rule -> level: for the rules
+    # counted row by row, the share of rows that break it; for row_count, how far the rows fall
+    # outside the bounds, as a share of the bound crossed. Rules left out keep ESCALATE's level.
+    escalate: dict[ValidationRule, Annotated[float, Field(ge=0)]] = {}
     # The batch is validated in groups of whole days of at most this many rows (a day larger
     # than this is a group of its own), so memory stays flat however many days a batch holds.
     chunk_rows: Annotated[int, Field(ge=1000)] = 500_000
+
+    def escalation(self, rule: str) -> float:
+        """The level past which a ``warn`` finding of ``rule`` stops the batch (``escalate``, else ``ESCALATE``)."""
+        return self.escalate.get(rule, ESCALATE.get(rule, 0.10))
 
 
 class SplitConfig(_Section):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,12 @@ class Decision:
         return f"{verdict}: " + "; ".join(self.reasons)
 
 
-def decide(evaluation: dict[str, Any], cfg: RegisterConfig, force_reason: str | None = None) -> Decision:
+def decide(
+    evaluation: dict[str, Any],
+    cfg: RegisterConfig,
+    force_reason: str | None = None,
+    data_warnings: Sequence[str] | None = None,
+) -> Decision:
     """Should the challenger become champion?
 
     Rules (thresholds from ``register`` in params.yaml):
@@ -45,8 +51,21 @@ def decide(evaluation: dict[str, Any], cfg: RegisterConfig, force_reason: str | 
       * with no champion yet: it beats the baseline's holdout AUC;
       * with a champion (scored on the same holdout in this run): its AUC is not lower
         than the champion's by more than ``max_auc_drop``, and no slice's AUC is lower
-        than the champion's on that slice by more than ``max_slice_auc_drop``.
+        than the champion's on that slice by more than ``max_slice_auc_drop``;
+      * the batch its run validated passed without warnings: a model trained on data that
+        only warned (a new category on a share of rows, values far outside the training
+        range) is promoted by a person, not automatically.
     A forced promotion (with a stated reason) skips the rules; they are still recorded.
+
+    Args:
+        evaluation: the challenger, baseline and champion scored on one holdout.
+        cfg: the ``register`` section's thresholds.
+        force_reason: a person's stated reason to promote whatever the rules say.
+        data_warnings: the warnings of the run's validation (one line each); None when unknown
+            (a run outside the DAG that did not validate).
+
+    Returns:
+        The verdict and every reason behind it.
     """
     ch = evaluation["challenger"]
     auc = ch["overall"]["auc"]
@@ -88,6 +107,13 @@ def decide(evaluation: dict[str, Any], cfg: RegisterConfig, force_reason: str | 
             reasons.append(f"slices regress more than {cfg.max_slice_auc_drop}: " + ", ".join(regressions))
         else:
             reasons.append(f"no slice regresses more than {cfg.max_slice_auc_drop}")
+    if data_warnings:
+        ok = False
+        first = data_warnings[0] if len(data_warnings[0]) <= 300 else data_warnings[0][:297] + "..."
+        reasons.append(
+            f"trained on a batch that passed validation with {len(data_warnings)} warning(s), e.g. {first}; "
+            "check the data, then promote with force_promotion and a promotion_reason"
+        )
     if force_reason:
         return Decision(promote=True, reasons=[f"forced: {force_reason}", *reasons], forced=True)
     return Decision(promote=ok, reasons=reasons)

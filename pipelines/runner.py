@@ -306,7 +306,9 @@ def run_register(
     trained: dict[str, Any],
     evaluation: dict[str, Any],
     versioned: dict[str, Any] | None = None,
+    validated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Register the challenger and run the promotion gate, with the warnings of the run's validation."""
     from pipelines.steps.register import dataset_lineage, register
 
     lineage = {"dag_id": ctx.dag_id, "run_id": ctx.run_id, "run_day": ctx.run_day.isoformat()}
@@ -326,6 +328,7 @@ def run_register(
         ctx.run_dir / "register",
         log_dir=ctx.settings.home,
         force_reason=ctx.force_reason,
+        data_warnings=validated.get("warnings", []) if validated is not None else None,
     )
 
 
@@ -358,7 +361,7 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
     versioned = run_version_data(ctx, processed, validated)
     trained = run_train(ctx, processed, validated)
     evaluation = run_evaluate(ctx, processed, trained)
-    registered = run_register(ctx, processed, trained, evaluation, versioned)
+    registered = run_register(ctx, processed, trained, evaluation, versioned, validated)
     predicted = run_batch_predict(ctx)
     return {
         "collect": collected,

@@ -97,6 +97,7 @@ def register(
     work_dir: Path,
     log_dir: Path,
     force_reason: str | None = None,
+    data_warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Log the pyfunc model in the pipeline run, register a version, run the promotion gate.
 
@@ -114,6 +115,8 @@ def register(
         log_dir: where the promotion log lives.
         tracking: the pipeline run's MLflow run, where the model is logged.
         force_reason: promote whatever the gate says, for this stated reason.
+        data_warnings: the warnings of the run's validation (its ``warnings``): with any, the gate
+            refuses automatic promotion; None when the run did not validate.
 
     Returns:
         Model name, version, URI, aliases, and why the champion alias moved or not.
@@ -182,7 +185,7 @@ def register(
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
 
-    decision = decide(full, cfg, force_reason)
+    decision = decide(full, cfg, force_reason, data_warnings)
     previous = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]

@@ -292,6 +292,21 @@ def _validate_groups(
     return report
 
 
+def log_report(report: ValidationReport, what: str = "validation") -> None:
+    """Log a verdict: the head line at INFO, each warning at WARNING (and the verdict at ERROR when it stops).
+
+    A warning inside an INFO line of a passing batch goes unseen: each gets a line of its own at
+    WARNING level, which the task log, log alerts and ``grep WARNING`` all show.
+    """
+    if report.success:
+        head = report.summary().splitlines()[0]
+        log.info("%s %s; data docs: %s", what, head, report.data_docs)
+    else:
+        log.error("%s %s\ndata docs: %s", what, report.summary(), report.data_docs)
+    for f in report.warnings:
+        log.warning("%s warning: %s", what, f.line())
+
+
 def publish(staging_dir: Path, days: list[dt.date], raw_dir: Path) -> list[str]:
     """Move validated partitions into the published data, one atomic replace each."""
     out = []
@@ -373,8 +388,7 @@ def validate_batch(
         )
     else:
         report = _validate_groups(dataset, cfg, groups, report_dir, reference)
-    log.info("validation %s", report.summary())
-    log.info("data docs: %s", report.data_docs)
+    log_report(report)
     if not report.success:
         where = quarantine(staging_dir, report_dir, quarantine_dir)
         message = f"{report.summary()}\nthe batch and its report are quarantined in {where}"

@@ -26,10 +26,12 @@ class Finding:
     detail: str
     check: str = "schema"  # the params.yaml rule: schema, nulls, ranges, categories, ...
     severity: str = "stop"  # "stop" or "warn"
+    escalated: bool = False  # a warn rule past its escalation level (validate.escalate): it stops
 
     def line(self) -> str:
         where = f"column '{self.column}'" if self.column else "table"
-        return f"[{self.phase}] {where}: {self.rule} ({self.check}, {self.severity}): {self.detail}"
+        severity = "warn escalated to stop" if self.escalated else self.severity
+        return f"[{self.phase}] {where}: {self.rule} ({self.check}, {severity}): {self.detail}"
 
 
 @dataclass
@@ -117,9 +119,36 @@ class Outcome:
             error=str(info.get("exception_message")) if info.get("raised_exception") else None,
         )
 
+    def measure(self) -> float | None:
+        """How badly it failed, as ``validate.escalate`` measures it; None when it has no such figure.
+
+        For a rule counted row by row, the share of the considered rows that break it; for the
+        row count, how far outside its bounds the rows are, as a share of the bound crossed.
+        """
+        res = self.result
+        if self.error is not None:
+            return None
+        if self.rule == ROW_COUNT:
+            rows, lo, hi = res.get("observed_value"), self.kwargs.get("min_value"), self.kwargs.get("max_value")
+            if rows is None:
+                return None
+            if lo is not None and rows < lo:
+                return (lo - rows) / lo if lo > 0 else None
+            if hi is not None and rows > hi:
+                return (rows - hi) / hi if hi > 0 else float("inf")
+            return 0.0
+        pct = res.get("unexpected_percent")
+        return None if pct is None else float(pct) / 100
+
     def finding(self, cfg: ValidateConfig) -> Finding:
         severity = "stop" if self.check == "schema" else cfg.severity.get(self.check, "stop")
-        return Finding(self.phase, self.rule, self.column, describe(self), self.check, severity)
+        detail, escalated = describe(self), False
+        if severity == "warn":
+            level, measured = cfg.escalation(self.check), self.measure()
+            if measured is not None and measured > level:
+                severity, escalated = "stop", True
+                detail += f"; {measured:.1%} is above the escalation level {level:.1%} (validate.escalate.{self.check})"
+        return Finding(self.phase, self.rule, self.column, detail, self.check, severity, escalated)
 
     def as_dict(self) -> dict[str, Any]:
         """As Great Expectations describes an expectation's result."""

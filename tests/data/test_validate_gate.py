@@ -164,15 +164,30 @@ def test_surge_of_nulls(feed, flights_day) -> None:
     _reject(ValidationFailed, ["column 'carrier'", "expect_column_values_to_not_be_null", "(nulls, stop)"])
 
 
-def test_warn_severity_lets_the_batch_through_and_records_it(feed, flights_day) -> None:
+def test_warn_severity_lets_the_batch_through_and_records_it(feed, flights_day, caplog) -> None:
     frame = flights_day.copy()
     frame.loc[frame.index[::3], "carrier"] = None
-    _write_csv(frame, feed(severity={"nulls": "warn"}))
-    ctx, result = _run_gate()
+    # A third of the rows: under the escalation level set here, so a warning.
+    _write_csv(frame, feed(severity={"nulls": "warn"}, escalate={"nulls": 0.5}))
+    with caplog.at_level("INFO", logger="pipelines.steps.validate"):
+        ctx, result = _run_gate()
     assert result["success"]
     assert any("column 'carrier'" in w and "(nulls, warn)" in w for w in result["warnings"])
     beside = json.loads((ctx.settings.raw_dir / f"date={DAY.isoformat()}" / "validation.json").read_text())
     assert beside["warnings"] == result["warnings"], "the monitoring step finds the warning beside the data"
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "column 'carrier'" in r.getMessage()]
+    assert warned, "each warning has a WARNING line of its own on the task log"
+    passed = [r for r in caplog.records if "passed" in r.getMessage()]
+    assert passed and all(r.levelname == "INFO" and "column 'carrier'" not in r.getMessage() for r in passed)
+
+
+def test_a_warning_past_its_escalation_level_stops(feed, flights_day) -> None:
+    frame = flights_day.copy()
+    frame.loc[frame.index[::3], "carrier"] = None  # a third of the rows, past the default 10%
+    _write_csv(frame, feed(severity={"nulls": "warn"}))
+    from pipelines.steps.validate import ValidationFailed
+
+    _reject(ValidationFailed, ["column 'carrier'", "(nulls, warn escalated to stop)", "escalation level 10.0%"])
 
 
 def test_a_batch_far_larger_than_usual_is_refused_unread(feed, flights_day, tmp_path) -> None:
@@ -314,6 +329,17 @@ def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
     assert ("unseen_categories", "dest", "warn") in checks
     assert ("reference_ranges", "temp", "warn") in checks
     assert not any(c == "reference_ranges" and col != "temp" for c, col, _ in checks), "configured ranges win"
+
+    # A new carrier code on 42% of the rows is no longer a warning: past unseen_categories' escalation level.
+    frame = flights_day.copy()
+    frame.loc[frame.index[: int(len(frame) * 0.42)], "carrier"] = "ZZ"
+    report = validate_frame(
+        frame, params.dataset, params.validate_, tmp_path / "new", first_day=DAY, last_day=DAY, reference=reference
+    )
+    assert not report.success
+    stops = {(f.check, f.column, f.escalated) for f in report.failures}
+    assert stops == {("unseen_categories", "carrier", True)}, report.summary()
+    assert "validate.escalate.unseen_categories" in report.summary()
 
     doubled = pd.concat([flights_day, flights_day.assign(flight=flights_day["flight"] + 10_000)] * 2, ignore_index=True)
     doubled = doubled.drop_duplicates(subset=list(params.dataset.key_columns))

@@ -114,3 +114,31 @@ def test_thresholds_come_from_the_register_section() -> None:
     evaluation = _evaluation(0.69, champion=0.70)
     assert not decide(evaluation, CFG).promote
     assert decide(evaluation, RegisterConfig(max_auc_drop=0.02)).promote
+
+
+# --------------------------------------------------------------------------- data warnings
+
+WARNINGS = [
+    "[values] column 'carrier': expect_column_values_to_be_in_set (unseen_categories, warn): 8 of 740 rows (1.08%) break it"
+]
+
+
+def test_a_model_trained_on_a_batch_with_warnings_is_not_promoted_automatically() -> None:
+    decision = decide(_evaluation(0.72, champion=0.70), CFG, data_warnings=WARNINGS)
+    assert not decision.promote
+    assert "1 warning(s)" in decision.summary and "column 'carrier'" in decision.summary
+    assert "force_promotion" in decision.summary, "the reason says how a person promotes it"
+
+
+def test_a_forced_promotion_with_a_reason_takes_a_model_trained_on_warnings() -> None:
+    decision = decide(_evaluation(0.72, champion=0.70), CFG, "new carrier checked with the data team", WARNINGS)
+    assert decision.promote and decision.forced
+    assert decision.reasons[0] == "forced: new carrier checked with the data team"
+    assert any("warning(s)" in r for r in decision.reasons), "the warnings are still recorded"
+
+
+@pytest.mark.parametrize("warnings", [None, []])
+def test_no_warnings_or_no_validation_leaves_the_gate_as_it_was(warnings: list[str] | None) -> None:
+    decision = decide(_evaluation(0.72, champion=0.70), CFG, data_warnings=warnings)
+    assert decision.promote
+    assert not any("warning" in r for r in decision.reasons)
