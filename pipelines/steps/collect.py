@@ -25,12 +25,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.config import DatasetConfig, FilesSource, Nycflights13Source, SqlSource
 from pipelines.data.partitions import partition_path, write_partition
 from pipelines.errors import CollectError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +207,26 @@ def _read_csv(path: str, spec: DatasetConfig) -> tuple[pd.DataFrame, int]:
         if "Empty CSV file" in str(err):
             raise CollectError(f"{path}: the file is empty") from None
         raise CollectError(f"{path}: cannot be read as csv: {err}") from None
-    return table.to_pandas(), 2
+    return _numbers_cast(table, spec).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), 2
+
+
+def _numbers_cast(table: pa.Table, spec: DatasetConfig) -> pa.Table:
+    """Numeric schema columns cast in Arrow where every value fits (many times faster than in pandas).
+
+    A column with a value that does not fit stays text, for :func:`_typed` to find and name it.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    targets = {"int": pa.int64(), "float": pa.float64()}
+    for i, name in enumerate(table.column_names):
+        target = targets.get(spec.schema_.get(name, ""))
+        if target is not None:
+            try:
+                table = table.set_column(i, name, pc.cast(table.column(i), target))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+    return table
 
 
 def _read_parquet(path: str) -> tuple[pd.DataFrame, int]:
