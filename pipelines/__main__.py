@@ -6,6 +6,7 @@
     release    publish a quarantined batch after a fix (validated again)
     rollback   move the champion alias back to the previous champion, recorded
     reproduce  restore a registered model's code and data, retrain, compare the metrics
+    data pull  a model version's (or alias') training data: its dataset version cloned, pulled, checked
 
 The same functions back the Airflow tasks, the DVC stages and these commands.
 """
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--model-version", required=True)
     rep.add_argument("--tolerance", type=float, default=0.01, help="largest accepted |AUC difference|")
     rep.add_argument("--workdir", type=Path, default=None, help="where to clone (default: a temporary folder)")
+
+    data = sub.add_parser("data", help="a registered model's training data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    pull = data_sub.add_parser("pull", help="clone a model version's dataset version and pull its data")
+    which = pull.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-version", help="the model version's number")
+    which.add_argument("--alias", help="a registry alias, e.g. champion")
+    pull.add_argument(
+        "--dest", type=Path, default=None, help="a new or empty folder (default: build/datasets/<model>-v<version>, git-ignored)"
+    )
     return p
 
 
@@ -207,6 +218,27 @@ def _monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_pull(args: argparse.Namespace) -> int:
+    """``data pull``: the dataset version of a model version or alias, in a folder of its own."""
+    from pipelines.data.pull import model_dataset, pull_model_data, registry_client
+    from pipelines.errors import VersioningError
+    from pipelines.settings import resolve
+
+    settings = resolve()
+    dest = args.dest
+    if dest is None:  # named after the version the alias points to now
+        name = load_params(settings.params_path).register_.model_name
+        found = model_dataset(registry_client(settings.tracking_uri), name, version=args.model_version, alias=args.alias)
+        dest = Path("build") / "datasets" / f"{name}-v{found.model_version}"
+    try:
+        pulled = pull_model_data(settings, dest, version=args.model_version, alias=args.alias)
+    except VersioningError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(pulled.as_dict(), indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -258,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             except (ValueError, ValidationFailed) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
+        elif args.command == "data":
+            return _data_pull(args)
         else:
             from pipelines.reproduce import reproduce
 

@@ -3,8 +3,9 @@
 The model version's lineage names its dataset version (a commit on the
 ``datasets`` branch holding the code, the DVC pointers and the run's
 effective ``params.yaml``). That commit is cloned, its data pulled from the
-DVC remote and checked against the recorded fingerprint, and ``dvc repro``
-runs the ``dvc.yaml`` stages there, with the restored code first on the path.
+DVC remote and checked against the recorded fingerprint
+(:func:`pipelines.data.pull.pull_model_data`), and ``dvc repro`` runs the
+``dvc.yaml`` stages there, with the restored code first on the path.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, load_params
-from pipelines.model.features import files_fingerprint
+from pipelines.config import load_params
 from pipelines.settings import resolve
 
 
@@ -30,32 +30,17 @@ def reproduce(model_version: str, *, tolerance: float = 0.01, workdir: Path | No
         difference and whether it is within ``tolerance``.
 
     Raises:
-        ConfigError: the version has no dataset version in its lineage.
-        pipelines.errors.VersioningError: the data could not be restored.
+        ConfigError: no registry, no such version, or no dataset version in its lineage.
+        pipelines.errors.VersioningError: the data could not be restored, or differs from the recorded.
     """
-    import mlflow
-
-    from pipelines.data.dvc_repo import default_remote_endpoint, default_remote_url
-    from pipelines.steps.version import restore_dataset_version
+    from pipelines.data.pull import pull_model_data
 
     settings = resolve()
     name = load_params(settings.params_path).register_.model_name
-    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    tags = client.get_model_version(name, str(model_version)).tags
-    rev, repo = tags.get("lineage.dataset_git_rev", ""), tags.get("lineage.dvc_repo")
-    if not repo or not rev or rev.startswith("not versioned"):
-        raise ConfigError(f"{name} version {model_version} has no dataset version in its lineage ({rev or 'none'})")
-
     root = workdir or Path(tempfile.mkdtemp(prefix="flights-reproduce-"))
     dest = root / f"{name}-v{model_version}"
-    restore_dataset_version(repo, rev, dest, remote_url=default_remote_url(), endpoint_url=default_remote_endpoint())
-
-    pulled = files_fingerprint((dest / "data" / "processed").glob("splits/*.parquet"), dest / "data" / "processed")
-    if pulled != tags.get("lineage.data_fingerprint"):
-        raise ConfigError(
-            f"the pulled processed data has fingerprint {pulled}, the model version records "
-            f"{tags.get('lineage.data_fingerprint')}"
-        )
+    pulled = pull_model_data(settings, dest, version=str(model_version))
+    rev, tags = pulled.dataset.git_rev, pulled.dataset.tags
 
     env = {
         **os.environ,
@@ -75,7 +60,7 @@ def reproduce(model_version: str, *, tolerance: float = 0.01, workdir: Path | No
         "model_version": str(model_version),
         "dataset_git_rev": rev,
         "workdir": str(dest),
-        "data_fingerprint": pulled,
+        "data_fingerprint": pulled.fingerprint,
         "registered_holdout_auc": registered,
         "reproduced_holdout_auc": reproduced,
         "difference": reproduced - registered,

@@ -172,6 +172,59 @@ def test_reproduce_a_model_version_from_its_lineage(versioned_runs, tmp_path) ->
     assert shown.returncode == 0 and "one-epoch" in shown.stdout
 
 
+def _pipelines(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_a_teammate_pulls_a_model_versions_data_in_a_fresh_clone(versioned_runs, tmp_path) -> None:
+    """`python -m pipelines data pull`: by version or alias, from the project's registry; the clone knows the remote."""
+    from pipelines.model.features import files_fingerprint
+
+    teammate = tmp_path / "teammate"
+    subprocess.run(["git", "clone", "--quiet", str(versioned_runs["team"]), str(teammate)], check=True)
+    # The committed .dvc/config names the team's remote: no `dvc remote add` in a fresh clone ...
+    remotes = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "list"], cwd=teammate, capture_output=True, text=True, check=True
+    ).stdout
+    assert "storage\ts3://" in remotes, remotes
+    # ... and the embedded setup's local override (.dvc/config.local, git-ignored) wins where it exists.
+    project_remotes = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "list"], cwd=versioned_runs["project"], capture_output=True, text=True
+    ).stdout
+    assert versioned_runs["env"]["MLOPS_DVC_REMOTE_URL"] in project_remotes, project_remotes
+
+    env = {**os.environ, "MLOPS_DVC_REPO": str(teammate), "MLOPS_DATA_DIR": str(teammate / "data")}
+    versions = _versions(versioned_runs["runs"])
+    by_version = _pipelines("data", "pull", "--model-version", str(versions[0].version),
+                            "--dest", str(tmp_path / "v1"), cwd=teammate, env=env)
+    assert by_version.returncode == 0, by_version.stderr[-3000:]
+    pulled = json.loads(by_version.stdout[by_version.stdout.index("{"):])
+    assert pulled["git_rev"] == versions[0].tags["lineage.dataset_git_rev"]
+    processed = tmp_path / "v1" / "data" / "processed"
+    assert files_fingerprint(processed.glob("splits/*.parquet"), processed) == versions[0].tags["lineage.data_fingerprint"]
+
+    by_alias = _pipelines("data", "pull", "--alias", "challenger", "--dest", str(tmp_path / "challenger"),
+                          cwd=teammate, env=env)
+    assert by_alias.returncode == 0, by_alias.stderr[-3000:]
+    assert json.loads(by_alias.stdout[by_alias.stdout.index("{"):])["model_version"] == str(versions[1].version)
+
+    for args, expected in (
+        (("--model-version", "999"), "flight_delay version 999 is not in the registry"),
+        (("--alias", "no-such-alias"), "flight_delay@no-such-alias is not in the registry"),
+    ):
+        bad = _pipelines("data", "pull", *args, "--dest", str(tmp_path / "bad"), cwd=teammate, env=env)
+        assert bad.returncode == 2 and expected in bad.stderr, bad.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()
+
+    # Without the registry's location: a clear error, and no stray empty mlflow.db anywhere.
+    nowhere = tmp_path / "no-home"
+    lost = _pipelines("data", "pull", "--model-version", "1", cwd=teammate,
+                      env={**env, "MLOPS_HOME": str(nowhere)})
+    assert lost.returncode == 2 and "no MLflow registry at" in lost.stderr and "MLFLOW_TRACKING_URI" in lost.stderr
+    assert not list(nowhere.rglob("mlflow.db")) and not list(teammate.rglob("mlflow.db"))
+    assert _git(teammate, "status", "--porcelain") == ""
+
+
 def test_overlapping_runs_keep_a_consistent_history(versioned_runs) -> None:
     """Two runs versioning at the same moment both land, one after the other."""
     from pipelines.settings import resolve
