@@ -56,6 +56,12 @@ def _epoch_log_callback(epochs: int):
         """One log line per epoch (to the task log), instead of Keras' progress output on stdout."""
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            if not hasattr(self, "started") and epoch > 0:
+                # Keras starts after the epochs a BackupAndRestore checkpoint holds: a resumed training.
+                log.info(
+                    "resumed training from its checkpoint: %d of %d epoch(s) already done, continuing with epoch %d",
+                    epoch, epochs, epoch + 1,
+                )
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -119,6 +119,12 @@ def test_killed_training_resumes_from_its_last_completed_epoch(workspace: dict[s
     first_resumed = {max(before), max(before) + 1} if half_written else {max(before) + 1, max(before) + 2}
     assert after and after[0] in first_resumed and after[0] >= (2 if half_written else 3), (before, after)
     assert after == list(range(after[0], EPOCHS + 1))
+    resumed = (
+        f"resumed training from its checkpoint: {after[0] - 1} of {EPOCHS} epoch(s) already done, "
+        f"continuing with epoch {after[0]}"
+    )
+    assert resumed in second.stdout + second.stderr, "a resumed training says so, and from which epoch"
+    assert "resumed training" not in log1.read_text(errors="replace"), "a fresh training does not"
     result = json.loads(second.stdout[second.stdout.index("{"):])
     assert result["epochs_run"] == len(after)
     assert 0.6 < result["best_val_auc"] < 0.95  # June, a week of training: about 0.7
