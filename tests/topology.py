@@ -1,7 +1,7 @@
 """docker-compose.yml's production topology, run as plain processes on this machine (no Docker).
 
-Everything is read from the files an operator deploys, so the test and the
-stack cannot drift apart:
+Everything is read from the files an operator deploys (``tests/compose_files.py``),
+so the test and the stack cannot drift apart:
 
 * ``.env.example`` gives the variables; each ``change-me`` secret gets a fresh
   random value (a Fernet key for ``AIRFLOW_FERNET_KEY``);
@@ -29,7 +29,6 @@ import contextlib
 import json
 import re
 import secrets
-import shlex
 import shutil
 import socket
 import subprocess
@@ -40,15 +39,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from compose_files import (
+    buckets,
+    command,
+    compose,
+    container_ports,
+    env_example,
+    environment,
+    fill_secrets,
+    healthcheck_argv,
+    image_env,
+    image_project_copies,
+    image_workdir,
+    postgres_databases,
+)
 
 from pipelines.ops.cluster import AirflowCluster, ServiceError, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = REPO / "docker-compose.yml"
-ENV_EXAMPLE = REPO / ".env.example"
-DOCKERFILE = REPO / "Dockerfile"
-POSTGRES_INIT = REPO / "docker" / "postgres-init.sql"
 
 PORT_RANGE = range(18080, 18100)  # the ports this project's tests may use on the shared machine
 PG_HOST, PG_PORT, PG_ADMIN = "127.0.0.1", 5432, "postgres"
@@ -59,6 +67,8 @@ REDIS_CLAIM_KEY = "flights-mlops-topology-claim"
 #   run:      its own command, as a process
 #   airflow:  its own `airflow ...` command, as a component of AirflowCluster
 #   one-shot: its own command, run to completion
+#   serving:  its own command, as a process; ready once a model is registered, so its
+#             healthcheck is waited for after the training run (tests/e2e/test_topology.py)
 #   replaced: the local stand-in named in the comment
 #   skipped:  not started (needs hardware this machine lacks)
 SERVICES: dict[str, str] = {
@@ -74,6 +84,7 @@ SERVICES: dict[str, str] = {
     "airflow-triggerer": "airflow",
     "airflow-worker": "airflow",
     "airflow-worker-gpu": "skipped",  # profile gpu: NVIDIA GPUs
+    "model-server": "serving",
 }
 
 # Ports every Airflow container may listen on privately; on one host each
@@ -84,149 +95,14 @@ PRIVATE_PORTS: dict[tuple[str, int], str] = {
     ("airflow-triggerer", 8794): "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
 }
 
+# Settings that name the port a service listens on (a published port given as a
+# bare number, not as an address the translation would recognise): moved with it.
+LISTEN_PORT_SETTINGS: dict[tuple[str, int], str] = {
+    ("model-server", 8000): "MLOPS_SERVE_PORT",
+}
+
 # Published ports that have no counterpart here (MinIO's web console).
 UNSERVED_PORTS = {("minio", 9001)}
-
-
-# --------------------------------------------------------------------------- reading the files
-
-
-def env_example() -> dict[str, str]:
-    """``.env.example`` as name -> value."""
-    pairs = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            pairs[name.strip()] = value.strip()
-    return pairs
-
-
-def fill_secrets(example: Mapping[str, str]) -> dict[str, str]:
-    """The example's values with each ``change-me`` replaced by a fresh secret."""
-    from cryptography.fernet import Fernet
-
-    out = {}
-    for name, value in example.items():
-        if value != "change-me":
-            out[name] = value
-        elif "FERNET" in name:
-            out[name] = Fernet.generate_key().decode()
-        else:
-            out[name] = secrets.token_hex(24)
-    return out
-
-
-_VARIABLE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def interpolate(text: str, values: Mapping[str, str]) -> str:
-    """Compose's interpolation: ``$$``, ``${VAR}``, ``$VAR``, ``${VAR:-default}``, ``${VAR:?error}`` (and without ``:``)."""
-
-    def one(m: re.Match) -> str:
-        if m[1]:
-            return "$"
-        name, op, arg = m[2] or m[5], m[3], m[4] or ""
-        value = values.get(name)
-        empty = value is None or (value == "" and op is not None and op.startswith(":"))
-        if op in (":-", "-"):
-            return arg if empty else value
-        if op in (":?", "?"):
-            if empty:
-                raise KeyError(f"compose needs {name}: {arg}")
-            return value
-        return value or ""
-
-    return _VARIABLE.sub(one, text)
-
-
-def _interpolate_tree(node: Any, values: Mapping[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate(node, values)
-    if isinstance(node, dict):
-        return {k: _interpolate_tree(v, values) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate_tree(v, values) for v in node]
-    return node
-
-
-def compose(values: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """docker-compose.yml, parsed (anchors and merge keys resolved), interpolated with ``values`` if given."""
-    tree = yaml.safe_load(COMPOSE_FILE.read_text())
-    return tree if values is None else _interpolate_tree(tree, values)
-
-
-def environment(service: Mapping[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.partition("=")[::2] for item in env)
-    return {k: "" if v is None else str(v) for k, v in env.items()}
-
-
-def command(service: Mapping[str, Any]) -> list[str]:
-    cmd = service.get("command") or []
-    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
-
-
-def container_ports(service: Mapping[str, Any]) -> list[int]:
-    """The container side of each published port (``127.0.0.1:8080:8080`` -> 8080)."""
-    out = []
-    for spec in service.get("ports", []):
-        target = spec["target"] if isinstance(spec, dict) else str(spec).rsplit(":", 1)[-1]
-        out.append(int(str(target).split("/")[0]))
-    return out
-
-
-def healthcheck_argv(service: Mapping[str, Any]) -> list[str] | None:
-    test = (service.get("healthcheck") or {}).get("test")
-    if not test:
-        return None
-    if isinstance(test, str):
-        return ["sh", "-c", test]
-    kind, *rest = test
-    return ["sh", "-c", rest[0]] if kind == "CMD-SHELL" else list(rest)
-
-
-def dockerfile_stages() -> dict[str, str]:
-    """Stage name -> its instructions (continuation lines joined), in file order."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    parts = re.split(r"(?im)^FROM\s+\S+\s+AS\s+(\S+)\s*$", text)
-    return {name.lower(): body for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-
-def image_env(stage: str = "base") -> dict[str, str]:
-    """The ``ENV`` of a Dockerfile stage (``KEY=VALUE`` form)."""
-    env: dict[str, str] = {}
-    for line in re.findall(r"(?m)^ENV\s+(.*)$", dockerfile_stages()[stage]):
-        env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
-    return env
-
-
-def image_workdir(stage: str = "cpu") -> str:
-    return re.findall(r"(?m)^WORKDIR\s+(\S+)", dockerfile_stages()[stage])[-1]
-
-
-def image_project_copies() -> list[tuple[list[str], str]]:
-    """The ``COPY`` instructions of the ``project`` stage: (sources, destination)."""
-    out = []
-    for line in re.findall(r"(?m)^COPY\s+(.*)$", dockerfile_stages()["project"]):
-        words = [w for w in line.split() if not w.startswith("--")]
-        out.append((words[:-1], words[-1]))
-    return out
-
-
-def postgres_databases() -> list[str]:
-    return re.findall(r"(?i)CREATE DATABASE\s+(\w+)", POSTGRES_INIT.read_text())
-
-
-def buckets(services: Mapping[str, Any]) -> list[str]:
-    """The buckets ``minio-init`` creates (``mc mb ... local/<bucket>``)."""
-    script = "\n".join(command(services["minio-init"]))
-    found = []
-    for line in script.splitlines():
-        if re.match(r"\s*mc mb\b", line):
-            found += re.findall(r"\blocal/([\w.-]+)", line)
-    return found
 
 
 # --------------------------------------------------------------------------- translation
@@ -269,7 +145,8 @@ class Translation:
             if owner == service:
                 value = re.sub(rf"(?<![\w.-])(localhost|127\.0\.0\.1):{port}(?!\d)", rf"\g<1>:{here}", value)
                 value = re.sub(rf"^(--port[= ]){port}$", rf"\g<1>{here}", value)
-        value = re.sub(r"^--host=0\.0\.0\.0$", "--host=127.0.0.1", value)  # never every interface here
+        # Never every interface here.
+        value = re.sub(r"^(--host=)?0\.0\.0\.0$", r"\g<1>127.0.0.1", value)
         for target, path in self.configs.items():
             value = value.replace(target, str(path))
         for container, here in self.paths.items():
@@ -376,7 +253,11 @@ class Topology:
         env = {**self.base_env(), **environment(self.services[name])}
         if SERVICES[name] in ("airflow", "one-shot") and name.startswith("airflow"):
             env.update({key: str(self.t.ports[key_]) for key_, key in PRIVATE_PORTS.items()})
-        return self.t.env(env, name)
+        env = self.t.env(env, name)
+        for (owner, port), key in LISTEN_PORT_SETTINGS.items():
+            if owner == name and env.get(key) == str(port):
+                env[key] = str(self.t.ports[(owner, port)])
+        return env
 
     def airflow_env(self) -> dict[str, str]:
         """The environment every long-running Airflow component shares (checked to be one)."""
@@ -396,6 +277,10 @@ class Topology:
                     raise ValueError(f"{name} runs {argv[0]!r}, not airflow")
                 out.append((name, argv[1:]))
         return out
+
+    def names(self, *kinds: str) -> list[str]:
+        """The services reproduced as one of ``kinds`` (see :data:`SERVICES`)."""
+        return [name for name, kind in SERVICES.items() if kind in kinds]
 
     @property
     def api_url(self) -> str:
@@ -435,9 +320,11 @@ class Topology:
             with self.timed("airflow-init and the MLflow server started"):
                 self._start("mlflow")
                 self.run_one_shot("airflow-init")
-            with self.timed("Airflow components and MLflow healthy"):
+            with self.timed("Airflow components and MLflow healthy, the model server started"):
                 self.cluster.start(timeout=300)
                 self.wait_healthy("mlflow", timeout=300)
+                for name in self.names("serving"):
+                    self._start(name)
         except BaseException:
             self.down()
             raise

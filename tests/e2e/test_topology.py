@@ -3,12 +3,13 @@
 Airflow on PostgreSQL with the CeleryExecutor (Redis broker) and a real
 ``airflow celery worker``, the scheduler, DAG processor, triggerer and API
 server; the MLflow tracking server on PostgreSQL with basic authentication and
-its artifacts in S3 (``moto_server``), which is the DVC remote too. Every
-setting comes from docker-compose.yml, .env.example and the Dockerfile
-(``tests/topology.py``). The test logs in to the Airflow REST API, triggers the
-training DAG with a ``conf``, waits for it, and checks the model on the MLflow
-server, its artifacts in the bucket, and that ``dvc pull`` from the S3 remote
-restores the data in a fresh clone. Every process it started is stopped, and
+its artifacts in S3 (``moto_server``), which is the DVC remote too; the model
+server. Every setting comes from docker-compose.yml, .env.example and the
+Dockerfile (``tests/topology.py``). The test logs in to the Airflow REST API,
+triggers the training DAG with a ``conf``, waits for it, and checks the model on
+the MLflow server, its artifacts in the bucket, that the model server became
+ready with it, and that ``dvc pull`` from the S3 remote restores the data in a
+fresh clone. Every process it started is stopped, and
 its databases dropped.
 
 The first tests only read the files: compose and what the topology runs agree.
@@ -28,6 +29,7 @@ from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import compose_files as C
 import pytest
 import topology as T
 
@@ -72,14 +74,14 @@ def test_every_compose_service_has_a_counterpart(plan: T.Topology) -> None:
 def test_the_topology_runs_compose_commands_and_environment(plan: T.Topology) -> None:
     """The processes get compose's own command and environment; only addresses and paths differ."""
     for name, args in plan.airflow_components():
-        compose_argv = T.command(plan.services[name])
+        compose_argv = C.command(plan.services[name])
         assert compose_argv[0] == "airflow"
         assert [a for a in args if not a.isdigit()] == [a for a in compose_argv[1:] if not a.isdigit()], name
     env = plan.airflow_env()
-    compose_env = T.environment(plan.services["airflow-scheduler"])
+    compose_env = C.environment(plan.services["airflow-scheduler"])
     assert set(compose_env) <= set(env)
-    assert set(T.image_env("base")) <= set(env), "the image's ENV reaches the processes"
-    extra = set(env) - set(compose_env) - set(T.image_env("base"))
+    assert set(C.image_env("base")) <= set(env), "the image's ENV reaches the processes"
+    extra = set(env) - set(compose_env) - set(C.image_env("base"))
     assert extra == {"PATH", "HOME", "HOSTNAME", "LANG", *T.PRIVATE_PORTS.values()}, extra
     for key, value in compose_env.items():
         same = value == env[key]
@@ -92,11 +94,11 @@ def test_translation_leaves_no_compose_hostname(plan: T.Topology) -> None:
     """Every reference to another service was mapped onto this machine (a new one fails here)."""
     left = {}
     for name, kind in T.SERVICES.items():
-        if kind in ("run", "airflow", "one-shot"):
+        if kind in ("run", "airflow", "one-shot", "serving"):
             for key, value in plan.service_env(name).items():
                 if T.untranslated(value, plan.services):
                     left[f"{name}.{key}"] = value
-            for word in plan.t.argv(T.command(plan.services[name]), name):
+            for word in plan.t.argv(C.command(plan.services[name]), name):
                 if T.untranslated(word, plan.services):
                     left[f"{name} command"] = word
     for cfg in (plan.stack.get("configs") or {}).values():
@@ -126,7 +128,7 @@ def test_key_settings_have_the_production_shape(plan: T.Topology) -> None:
     assert Path(env["MLOPS_DATA_DIR"]).is_relative_to(env["MLOPS_DVC_REPO"])
     assert env.get("MLOPS_VERSIONING", "on") == "on"
     # The MLflow server: PostgreSQL backend, S3 artifacts, basic auth on.
-    mlflow = plan.t.argv(T.command(plan.services["mlflow"]), "mlflow")
+    mlflow = plan.t.argv(C.command(plan.services["mlflow"]), "mlflow")
     assert f"--backend-store-uri=postgresql+psycopg2://{plan.name}:" in " ".join(mlflow)
     assert any(a.startswith("--artifacts-destination=s3://") for a in mlflow)
     assert "--app-name=basic-auth" in mlflow
@@ -135,7 +137,7 @@ def test_key_settings_have_the_production_shape(plan: T.Topology) -> None:
     used = {env["MLOPS_DVC_REMOTE_URL"].split("/")[2]} | {
         a.split("//")[1].split("/")[0] for a in mlflow if a.startswith("--artifacts-destination=")
     }
-    assert used == set(T.buckets(plan.services))
+    assert used == set(C.buckets(plan.services))
 
 
 def test_ports_stay_in_the_projects_range(plan: T.Topology) -> None:
@@ -146,7 +148,7 @@ def test_ports_stay_in_the_projects_range(plan: T.Topology) -> None:
         (name, port)
         for name, service in plan.services.items()
         if T.SERVICES[name] != "skipped"
-        for port in T.container_ports(service)
+        for port in C.container_ports(service)
     }
     assert set(plan.t.ports) == (published - T.UNSERVED_PORTS) | set(T.PRIVATE_PORTS)
 
@@ -234,7 +236,7 @@ def _trigger_training(top: T.Topology) -> dict:
     top.log(f"topology: triggered {run['dag_run_id']}")
     # Compose's healthchecks, run against the live services while the DAG runs.
     with ThreadPoolExecutor() as pool:
-        names = [n for n, kind in T.SERVICES.items() if kind in ("run", "airflow")]
+        names = top.names("run", "airflow")
         health = pool.map(top.healthcheck, names)
         state = api.wait_for_run(
             DAG_ID, run["dag_run_id"], timeout=RUN_TIMEOUT, watch=lambda _: top.cluster.services.check_alive()
@@ -251,6 +253,11 @@ def _trigger_training(top: T.Topology) -> dict:
     if state != "success":
         logs = T.task_logs(Path(top.airflow_env()["AIRFLOW_HOME"]), DAG_ID, run["dag_run_id"])
         pytest.fail(f"run {state}: {tasks}\n{logs}\nworker:\n{top.cluster.services.tail('airflow-worker')}")
+    # The model server answers /ready once it has loaded the champion the run registered.
+    for name in top.names("serving"):
+        with top.timed(f"{name} ready"):
+            top.wait_healthy(name, timeout=300)
+        health[name] = top.healthcheck(name)
     return {"api": api, "run": run, "state": state, "tasks": tasks, "seconds": seconds, "health": health}
 
 
@@ -336,7 +343,7 @@ def test_model_is_registered_on_the_mlflow_server(registered) -> None:
 def test_model_artifacts_are_in_the_s3_bucket(stack, registered) -> None:
     top, _ = stack
     bucket = next(
-        a.split("//")[1].split("/")[0] for a in T.command(top.services["mlflow"]) if "artifacts-destination" in a
+        a.split("//")[1].split("/")[0] for a in C.command(top.services["mlflow"]) if "artifacts-destination" in a
     )
     keys = []
     for page in top.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket):
