@@ -401,6 +401,12 @@ class MonitorConfig(_Section):
         cat_threshold: Annotated[float, Field(gt=0)] = 0.1
         # Retrain when at least this share of the features drifted (Evidently's dataset drift).
         drift_share: Annotated[float, Field(gt=0, le=1)] = 0.1
+        # Fewer published rows in the window than this: "insufficient data", never a reason to retrain.
+        min_rows: Annotated[int, Field(ge=1)] = 100
+        # Small samples lie apart by chance: a distance's threshold is widened by this many times the
+        # distance two samples of one distribution typically have at the window's size (see
+        # pipelines.monitoring.checks.drift_thresholds); 0 leaves the thresholds as set.
+        small_sample_z: Annotated[float, Field(ge=0, le=10)] = 3.0
 
     class PredictionDrift(_Section):
         """The champion's recent probabilities against its probabilities on the reference."""

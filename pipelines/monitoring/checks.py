@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,62 @@ def drift_columns(spec: DatasetConfig, cfg: MonitorConfig.Drift) -> tuple[list[s
     return numeric, categorical
 
 
+# Evidently's distances whose sampling spread between two samples of one distribution is known
+# in closed form (see drift_thresholds); the others, and the tests (p-values), are left as set.
+_NUMERIC_SPREAD = {"wasserstein"}
+_CATEGORICAL_SPREAD = {"jensenshannon", "hellinger"}
+
+
+def drift_thresholds(
+    reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str],
+    cfg: MonitorConfig.Drift,
+) -> dict[str, float]:
+    """Each watched column's drift threshold, widened for the sample's size.
+
+    Two samples of one distribution are some distance apart by chance alone, and the
+    smaller they are, the further. With ``n_eff = n * m / (n + m)`` (``n`` current, ``m``
+    reference rows):
+
+    * the Wasserstein distance in reference standard deviations is about ``1 / sqrt(n_eff)``
+      (about ``sqrt(2 / pi) / sqrt(n_eff)`` for a normal column);
+    * the squared Jensen-Shannon and Hellinger distances over ``k`` categories are
+      asymptotically chi-square with ``k - 1`` degrees of freedom over ``8 * n_eff``.
+
+    The threshold is the configured one plus what chance alone reaches with the tail
+    probability of ``small_sample_z`` normal standard deviations (3: about 1 in 740):
+    ``z / sqrt(n_eff)`` for Wasserstein, ``sqrt(chi2.ppf(Phi(z), k - 1) / (8 * n_eff))`` for
+    the categorical distances. At a week of flights (thousands of rows) the thresholds move
+    by a few hundredths; at 26 rows noise no longer looks like drift. Other distances and
+    the statistical tests (whose p-values already account for the sample's size) keep theirs.
+
+    Args:
+        reference: the champion's reference.
+        current: the window's rows.
+        numeric: the numeric columns watched.
+        categorical: the categorical columns watched.
+        cfg: the ``monitor.drift`` section: methods, thresholds, ``small_sample_z``.
+
+    Returns:
+        Column -> the threshold its drift test uses.
+    """
+    n, m = len(current), len(reference)
+    n_eff = n * m / (n + m) if n and m else 1.0
+    out = {}
+    for col in numeric:
+        spread = 1.0 / np.sqrt(n_eff) if cfg.num_method in _NUMERIC_SPREAD else 0.0
+        out[col] = float(cfg.num_threshold + cfg.small_sample_z * spread)
+    for col in categorical:
+        chance = 0.0
+        if cfg.cat_method in _CATEGORICAL_SPREAD and cfg.small_sample_z > 0:
+            from scipy import stats
+
+            values = pd.concat([reference[col], current[col]], ignore_index=True).astype("string")
+            k = max(int(values.nunique(dropna=False)), 2)
+            chance = float(np.sqrt(stats.chi2.ppf(stats.norm.cdf(cfg.small_sample_z), k - 1) / (8 * n_eff)))
+        out[col] = float(cfg.cat_threshold + chance)
+    return out
+
+
 # --------------------------------------------------------------------------- the checks
 
 
@@ -105,7 +161,7 @@ def _with_report(result: CheckResult, snapshot: Any, out_dir: Path, name: str) -
 
 @dataclass(frozen=True)
 class DataDrift(CheckResult):
-    status: str  # "ok" | "no_data"
+    status: str  # "ok" | "no_data" | "insufficient_data"
     detected: bool
     share: float
     drifted: list[str]
@@ -114,9 +170,13 @@ class DataDrift(CheckResult):
     threshold: float
     current_rows: int
     reference_rows: int
+    thresholds: dict[str, float] = field(default_factory=dict)  # per column, widened for the sample's size
+
     def summary(self) -> str:
-        if self.status != "ok":
+        if self.status == "no_data":
             return "data drift: no published rows in the window"
+        if self.status != "ok":
+            return f"data drift: {self.current_rows} published rows in the window, too few to compare"
         cols = f": {', '.join(self.drifted)}" if self.drifted else ""
         return (
             f"data drift: {len(self.drifted)} of {len(self.columns)} features drifted "
@@ -129,15 +189,30 @@ def check_data_drift(
 ) -> DataDrift:
     """Evidently's ``DataDriftPreset`` over the watched features; drift when their drifted share reaches ``drift_share``.
 
+    Below ``min_rows`` rows the check reports ``insufficient_data`` and asks for nothing; above,
+    each column's threshold is widened for the sample's size (:func:`drift_thresholds`).
+
     Args:
         reference: the champion's reference (its training sample).
         current: the published rows of the recent window.
+        spec: the features.
+        cfg: the ``monitor.drift`` section.
         out_dir: where ``data_drift.html`` and ``data_drift.json`` go.
+
+    Returns:
+        The result, with the report's paths when the check ran.
     """
     numeric, categorical = drift_columns(spec, cfg)
     columns = numeric + categorical
     if current.empty:
         return DataDrift("no_data", False, 0.0, [], columns, {}, cfg.drift_share, 0, len(reference))
+    if len(current) < cfg.min_rows:
+        result = DataDrift(
+            "insufficient_data", False, 0.0, [], columns, {}, cfg.drift_share, len(current), len(reference)
+        )
+        log.info("%s (monitor.drift.min_rows %d)", result.summary(), cfg.min_rows)
+        return result
+    thresholds = drift_thresholds(reference, current, numeric, categorical, cfg)
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -160,6 +235,7 @@ def check_data_drift(
                 cat_method=cfg.cat_method,
                 cat_threshold=cfg.cat_threshold,
                 drift_share=cfg.drift_share,
+                per_column_threshold=thresholds,
             )
         ],
         include_tests=True,
@@ -179,6 +255,7 @@ def check_data_drift(
         cfg.drift_share,
         len(current),
         len(reference),
+        thresholds,
     )
     return _with_report(result, snapshot, out_dir, "data_drift")
 
