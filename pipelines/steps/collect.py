@@ -139,8 +139,8 @@ def _ends_at_a_record(path: str) -> None:
             return
     line = _count_rows(path, "csv") + 2
     raise CollectError(
-        f"{path}: line {line}: the file does not end with a newline: its last record is cut short "
-        "(a partial upload?); refused"
+        f"{path}: cannot be read as csv: line {line}: the file does not end with a newline, "
+        "its last record is cut short (a partial upload?); refused"
     )
 
 
@@ -199,8 +199,8 @@ def _read_csv(path: str, spec: DatasetConfig) -> tuple[pd.DataFrame, int]:
             line = _bad_row_line(path, options)
             where = f"line {line}" if line else "a row"
             raise CollectError(
-                f"{path}: {where} has {actual} fields, not {expected} (a row cut short or with extra fields): "
-                f"{text[:80]!r}; refused"
+                f"{path}: cannot be read as csv: {where} has {actual} fields, not {expected} "
+                f"(a row cut short or with extra fields): {text[:80]!r}; refused"
             ) from None
         if "invalid UTF8" in str(err):
             raise CollectError(f"{path}: not valid UTF-8 text ({err})") from None
@@ -275,14 +275,17 @@ def _as_kind(col: pd.Series, kind: str, date_format: str | None) -> tuple[pd.Ser
 
 
 def _typed(frame: pd.DataFrame, spec: DatasetConfig, path: str, first_line: int) -> pd.DataFrame:
-    """The file's rows with the schema's types; a value no type fits is a :class:`CollectError`.
+    """The file's rows with the schema's types, where every value of a column fits its type.
+
+    A column with a value that does not fit is left as delivered, with a warning that names
+    the values: the validation gate's schema check then refuses the batch naming the column,
+    and the batch is quarantined with its report like any other it refuses.
 
     Args:
         first_line: the line of the first row in a CSV file (0: Parquet, rows are counted from 0).
     """
     src = spec.source
     date_format = src.date_format if isinstance(src, FilesSource) else None
-    problems = []
     for name, kind in spec.schema_.items():
         if name not in frame.columns:
             continue  # validation names a missing column
@@ -293,12 +296,11 @@ def _typed(frame: pd.DataFrame, spec: DatasetConfig, path: str, first_line: int)
         sample = ", ".join(repr(v) for v in values.drop_duplicates().head(_SAMPLE))
         where = f"line {values.index[0] + first_line}" if first_line else f"row {values.index[0]}"
         fmt = f" with date_format {date_format!r}" if kind == "date" and date_format else ""
-        problems.append(
-            f"column {name!r} ({kind} in dataset.schema): {len(values)} value(s) cannot be read as {kind}{fmt}, "
-            f"e.g. {sample} (first at {where})"
+        log.warning(
+            "%s: column %r (%s in dataset.schema): %d value(s) cannot be read as %s%s, e.g. %s (first at %s); "
+            "the column is left as delivered, for the validation gate to refuse",
+            path, name, kind, len(values), kind, fmt, sample, where,
         )
-    if problems:
-        raise CollectError(f"{path}: " + "; ".join(problems))
     return frame
 
 

@@ -126,20 +126,24 @@ def test_csv_dates_are_parsed_with_the_configured_format(params: Params, table: 
     assert (staged["flight_date"] == pd.Timestamp(DAY)).all()
 
 
-def test_csv_value_that_cannot_be_cast_names_the_column_and_the_values(
-    params: Params, table: pd.DataFrame, tmp_path: Path
+def test_csv_value_that_cannot_be_cast_is_a_finding_naming_the_column(
+    params: Params, table: pd.DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Not a crash: the column is staged as delivered, the log names the values, the gate refuses it."""
     rows = _rows(table, params).astype({"month": object})
     rows.loc[[4, 9], "month"] = "July"
     path = _write_csv(rows, tmp_path / "landing")
+    spec = _files(params, tmp_path / "landing")
 
-    with pytest.raises(CollectError) as err:
-        collect(_files(params, tmp_path / "landing"), DAY, tmp_path / "staging", tmp_path / "raw")
+    with caplog.at_level("WARNING", logger="pipelines.steps.collect"):
+        collect(spec, DAY, tmp_path / "staging", tmp_path / "raw")
 
-    message = str(err.value)
-    assert str(path) in message and "'month'" in message and "'July'" in message
-    assert "2 value(s)" in message and "line 6" in message  # the header is line 1, row 4 is line 6
-    assert not partition_path(tmp_path / "staging", DAY).exists()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(path) in warning and "'month'" in warning and "'July'" in warning
+    assert "2 value(s)" in warning and "line 6" in warning  # the header is line 1, row 4 is line 6
+    report = _schema_check(spec, params, _staged(tmp_path / "staging"), tmp_path / "report")
+    assert not report.success
+    assert [(f.phase, f.column) for f in report.findings] == [("schema", "month")]
 
 
 def test_parquet_is_cast_to_the_schema_where_lossless(params: Params, table: pd.DataFrame, tmp_path: Path) -> None:
@@ -163,8 +167,9 @@ def test_parquet_is_cast_to_the_schema_where_lossless(params: Params, table: pd.
 
     rows.loc[1, "hour"] = 5.5  # not a whole number: an int column cannot hold it
     rows.to_parquet(path)
-    with pytest.raises(CollectError, match=r"'hour'.*5\.5"):
-        collect(spec, DAY, tmp_path / "staging2", tmp_path / "raw")
+    collect(spec, DAY, tmp_path / "staging2", tmp_path / "raw")
+    report = _schema_check(spec, params, _staged(tmp_path / "staging2"), tmp_path / "report2")
+    assert [(f.phase, f.column) for f in report.findings] == [("schema", "hour")]
 
 
 # --------------------------------------------------------------------------- 2. sparse days
