@@ -122,6 +122,10 @@ class LabelRule(_Section):
     operator: Literal["gt", "ge", "lt", "le"] = "gt"
     threshold: float
     missing: Literal["positive", "negative", "drop"] = "positive"
+    # In words, for the model card and reports: a short name of the positive outcome
+    # (e.g. "arrived more than 15 minutes late") and anything a reader should know about it.
+    name: str = "positive outcome"
+    description: str = ""
 
 
 class FeatureSpec(_Section):
@@ -137,10 +141,20 @@ class DatasetConfig(_Section):
     name: str
     source: Source
     time_column: str
-    key_columns: tuple[str, ...]
+    # Columns that identify a row. None (a table without a natural key): predictions carry a
+    # row id derived from the row's time and features (pipelines.data.rows), which monitoring
+    # joins them to their labels by; the duplicates rule and the SQL sink's upsert key follow.
+    key_columns: tuple[str, ...] = ()
+    # In words, for the model card, log lines and reports: what the model does with what data,
+    # what one row is (singular; the plural is entity + "s" unless entity_plural says otherwise)
+    # and what the model should not be used for.
+    description: str = ""
+    entity: Annotated[str, Field(min_length=1)] = "row"
+    entity_plural: str | None = None
+    limitations: tuple[str, ...] = ()
     features: FeatureSpec
     label: LabelRule
-    # Columns only known after departure: never a feature (checked at load).
+    # Columns only known after the event (its outcome): never a feature (checked at load).
     post_event_columns: tuple[str, ...] = ()
     # The raw schema every collected batch must have, column -> pandas dtype kind.
     schema_: Annotated[dict[str, Literal["int", "float", "string", "date"]], Field(alias="schema")]
@@ -154,7 +168,7 @@ class DatasetConfig(_Section):
         leaked = set(feats) & (set(self.post_event_columns) | {self.label.source_column})
         if leaked:
             raise ValueError(
-                f"features {sorted(leaked)} are only known after departure "
+                f"features {sorted(leaked)} are only known after the event "
                 "(post_event_columns or the label's source column): they would leak the label"
             )
         needed = set(feats) | {self.time_column, self.label.source_column, *self.key_columns}
@@ -165,6 +179,11 @@ class DatasetConfig(_Section):
             if self.schema_[col] not in ("int", "float"):
                 raise ValueError(f"numeric feature '{col}' has schema type '{self.schema_[col]}'")
         return self
+
+    @property
+    def entities(self) -> str:
+        """What several rows are, for log lines: ``entity_plural``, else ``entity`` + "s"."""
+        return self.entity_plural or f"{self.entity}s"
 
 
 # --------------------------------------------------------------------------- steps
@@ -340,7 +359,8 @@ class EvaluateConfig(_Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     baseline: BaselineConfig = BaselineConfig()
     slice_columns: tuple[str, ...] = ("carrier", "origin", "month")
-    hour_buckets: HourBuckets = HourBuckets()
+    # Hour-of-day slices over a column of hours; null switches them off (a table without such a column).
+    hour_buckets: HourBuckets | None = None
     min_slice_rows: Annotated[int, Field(ge=1)] = 200
     # A slice whose AUC is this far below the overall AUC is flagged on the run.
     slice_flag_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
@@ -372,6 +392,15 @@ class SqlSink(_Section):
 class PredictConfig(_Section):
     batch_rows: Annotated[int, Field(ge=1)] = 100_000
     sink: SqlSink | None = None
+    # The prediction files' columns: the model's probability and the decision at evaluate.threshold.
+    probability_column: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "probability"
+    decision_column: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "prediction"
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> PredictConfig:
+        if self.probability_column == self.decision_column:
+            raise ValueError("probability_column and decision_column must differ")
+        return self
 
 
 class MlflowConfig(_Section):
@@ -489,6 +518,13 @@ class Params(_Section):
     monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
 
+    @model_validator(mode="after")
+    def _columns_known(self) -> Params:
+        problems = column_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Params:
         """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``.
 
@@ -509,6 +545,72 @@ class Params(_Section):
         return parse_params(raw)
 
 
+def train_column_problems(spec: DatasetConfig, cfg: TrainConfig) -> list[str]:
+    """What is wrong with the columns the model derives features from, each naming its ``train.*`` key."""
+    numeric, categorical = set(spec.features.numeric), set(spec.features.categorical)
+    problems = [
+        f"train.integer_categories.{col}: not a numeric feature of dataset.features"
+        for col in cfg.integer_categories
+        if col not in numeric
+    ]
+    problems += [
+        f"train.periodic.{name}.columns.{col}: not a numeric feature of dataset.features"
+        for name, enc in cfg.periodic.items()
+        for col in enc.columns
+        if col not in numeric
+    ]
+    id_columns = categorical | set(cfg.integer_categories)
+    if cfg.numeric_buckets:
+        id_columns |= {f"{c}_bucket" for c in numeric}
+    for cross in cfg.crosses:
+        unknown = [c for c in cross if c not in id_columns]
+        if unknown:
+            problems.append(
+                f"train.crosses {list(cross)}: {unknown} are neither categorical features "
+                "nor listed in train.integer_categories nor <numeric column>_bucket (with train.numeric_buckets)"
+            )
+    return problems
+
+
+def column_problems(params: Params) -> list[str]:
+    """Every rule, slice, key or derived feature that names a column the data set does not have.
+
+    A misspelt column in a rule would otherwise check nothing, silently; each problem names its key.
+    """
+    spec = params.dataset
+    schema = set(spec.schema_)
+    # What the processed splits carry, so what evaluation can slice on (see steps/preprocess.py).
+    processed = {*spec.key_columns, spec.time_column, *spec.features.all}
+    rules = params.validate_
+    problems = [
+        f"validate.{rule}.{col}: no column '{col}' in dataset.schema"
+        for rule, columns in (
+            ("null_fraction_overrides", rules.null_fraction_overrides),
+            ("ranges", rules.ranges),
+            ("categories", rules.categories),
+        )
+        for col in columns
+        if col not in schema
+    ]
+    problems += [
+        f"evaluate.slice_columns: '{col}' is not a feature, key or time column of dataset"
+        for col in params.evaluate.slice_columns
+        if col not in processed
+    ]
+    hours = params.evaluate.hour_buckets
+    if hours is not None and hours.column not in processed:
+        problems.append(
+            f"evaluate.hour_buckets.column: '{hours.column}' is not a feature, key or time column of dataset "
+            "(set evaluate.hour_buckets: null to leave hour-of-day slices out)"
+        )
+    problems += [
+        f"monitor.drift.exclude_columns: '{col}' is not a feature of dataset.features"
+        for col in params.monitor.drift.exclude_columns
+        if col not in spec.features.all
+    ]
+    return problems + train_column_problems(spec, params.train)
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -518,7 +620,10 @@ def _format_error(err: ValidationError) -> str:
             msg = "unknown key"
         elif e["type"] == "literal_error":
             msg = f"{msg}"
-        lines.append(f"  {key or '<root>'}: {msg} (got {e.get('input')!r})")
+        if not key:  # a check across sections: its message names the keys
+            lines.extend(f"  {line}" for line in msg.removeprefix("Value error, ").splitlines())
+            continue
+        lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
     return "invalid params.yaml:\n" + "\n".join(lines)
 
 

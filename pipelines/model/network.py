@@ -275,26 +275,11 @@ def layer_classes() -> dict[str, type]:
 
 def _check_columns(spec: DatasetConfig, cfg: TrainConfig) -> None:
     """Fail early, naming the ``train.*`` key, if a derived feature refers to an unknown column."""
-    from pipelines.config import ConfigError
+    from pipelines.config import ConfigError, train_column_problems
 
-    numeric, categorical = set(spec.features.numeric), set(spec.features.categorical)
-    for col in cfg.integer_categories:
-        if col not in numeric:
-            raise ConfigError(f"train.integer_categories.{col}: not a numeric feature of dataset.features")
-    for name, enc in cfg.periodic.items():
-        for col in enc.columns:
-            if col not in numeric:
-                raise ConfigError(f"train.periodic.{name}.columns.{col}: not a numeric feature of dataset.features")
-    id_columns = categorical | set(cfg.integer_categories)
-    if cfg.numeric_buckets:
-        id_columns |= {f"{c}_bucket" for c in numeric}
-    for cross in cfg.crosses:
-        unknown = [c for c in cross if c not in id_columns]
-        if unknown:
-            raise ConfigError(
-                f"train.crosses {list(cross)}: {unknown} are neither categorical features "
-                "nor listed in train.integer_categories nor <numeric column>_bucket (with train.numeric_buckets)"
-            )
+    problems = train_column_problems(spec, cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def bucket_boundaries(values: dict[str, Any], buckets: int) -> dict[str, list[float]]:

@@ -222,7 +222,7 @@ def test_training_path_feeds_the_core_what_serving_feeds_it(trained: Trained, lo
 
 
 def test_derived_features_need_known_columns(trained: Trained) -> None:
-    from pipelines.config import ConfigError
+    from pipelines.config import ConfigError, TrainConfig
     from pipelines.model.network import build_preprocessing
 
     bad = {
@@ -231,9 +231,13 @@ def test_derived_features_need_known_columns(trained: Trained) -> None:
         "train.periodic": {"clock": {"columns": {"dep_time": 1.0}, "period": 2400}},
     }
     for key, value in bad.items():
-        params = trained.params.with_overrides({key: value})
+        # Refused when the params load, naming the key ...
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            build_preprocessing(params.dataset, trained.stats, params.train)
+            trained.params.with_overrides({key: value})
+        # ... and by the model itself, given a train section checked on its own.
+        train = TrainConfig.model_validate({**trained.params.train.model_dump(), key.removeprefix("train."): value})
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build_preprocessing(trained.params.dataset, trained.stats, train)
 
 
 @pytest.mark.parametrize(
