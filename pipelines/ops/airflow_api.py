@@ -83,6 +83,10 @@ class AirflowAPI:
     def dag(self, dag_id: str) -> dict:
         return self.request("GET", f"/dags/{_q(dag_id)}")
 
+    def dag_details(self, dag_id: str) -> dict:
+        """The DAG with its details, among them its declared ``params``."""
+        return self.request("GET", f"/dags/{_q(dag_id)}/details")
+
     def pause(self, dag_id: str) -> dict:
         return self.request("PATCH", f"/dags/{_q(dag_id)}", {"is_paused": True})
 

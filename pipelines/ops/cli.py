@@ -136,11 +136,9 @@ def check_conf(api: AirflowAPI, dag_id: str, conf: dict[str, Any]) -> None:
     Raises:
         pipelines.config.ConfigError: naming the key and the allowed ones (a ``ValueError``: exit status 2).
     """
-    from urllib.parse import quote
-
     from pipelines.runner import check_trigger_conf
 
-    details = api.request("GET", f"/dags/{quote(dag_id, safe='')}/details")
+    details = api.dag_details(dag_id)
     check_trigger_conf(conf, (details or {}).get("params") or {}, dag_id)
 
 
