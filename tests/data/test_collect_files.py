@@ -201,6 +201,10 @@ def test_a_missing_day_is_an_empty_day_when_configured(params: Params, table: pd
         spec, sparse, tmp_path / "staging", result.days, tmp_path / "raw", tmp_path / "report", tmp_path / "q"
     )
     assert passed["success"] and passed["published"] == 3
+    alone = validate_batch(
+        spec, sparse, tmp_path / "staging", ["2013-07-02"], tmp_path / "raw", tmp_path / "r1", tmp_path / "q"
+    )
+    assert alone["success"] and alone["rows"] == 0, "a batch of one empty day passes every rule"
 
     # With params.yaml's bounds (at least 100 rows a day) an empty day is refused.
     with pytest.raises(ValidationFailed, match="row_count"):
