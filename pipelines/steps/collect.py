@@ -246,6 +246,10 @@ def _as_kind(col: pd.Series, kind: str, date_format: str | None) -> tuple[pd.Ser
     """
     api = pd.api.types
     text = api.is_object_dtype(col) or api.is_string_dtype(col)
+    if kind in ("string", "date") and not text and col.isna().all():
+        # A column with no value at all, typed by its producer's tooling (float NaN): nothing to lose.
+        missing = [None if kind == "string" else pd.NaT] * len(col)
+        return pd.Series(missing, index=col.index, dtype=_FILE_DTYPES[kind]), None
     if kind == "string":
         if text:
             return col.astype(object).where(col.notna(), None), None

@@ -150,7 +150,7 @@ def test_parquet_is_cast_to_the_schema_where_lossless(params: Params, table: pd.
     rows = _rows(table, params)
     rows["hour"] = rows["hour"].astype("float64")  # whole numbers as floats: an int column, losslessly
     rows.loc[0, "minute"] = None  # a gap turns the producer's int column into floats
-    rows["tailnum"] = None  # all missing: Arrow's null type
+    rows["tailnum"] = float("nan")  # all missing, and a float column by its producer's tooling
     rows["flight_date"] = rows["flight_date"].dt.strftime("%Y-%m-%d")  # dates as text
     path = tmp_path / "landing" / DAY.isoformat() / "day.parquet"
     path.parent.mkdir(parents=True)
@@ -161,6 +161,7 @@ def test_parquet_is_cast_to_the_schema_where_lossless(params: Params, table: pd.
 
     staged = _staged(tmp_path / "staging")
     assert str(staged["hour"].dtype) == "Int64" and str(staged["minute"].dtype) == "Int64"
+    assert staged["tailnum"].dtype == object and staged["tailnum"].isna().all()
     assert staged["minute"].isna().sum() == 1
     assert pd.api.types.is_datetime64_any_dtype(staged["flight_date"])
     assert _schema_check(spec, params, staged, tmp_path / "report").success
