@@ -41,7 +41,7 @@ def _model(params_file: Path, processed: Path) -> Path:
 
     from pipelines.config import load_params
     from pipelines.model.network import select_hardware
-    from pipelines.model.pyfunc import FlightDelayModel
+    from pipelines.model.pyfunc import ProbabilityModel
     from pipelines.settings import REPO_ROOT
     from pipelines.steps.register import serving_requirements
     from pipelines.steps.train import fit_model
@@ -62,7 +62,7 @@ def _model(params_file: Path, processed: Path) -> Path:
     )
     mlflow.pyfunc.save_model(
         str(out / "pyfunc"),
-        python_model=FlightDelayModel(),
+        python_model=ProbabilityModel(),
         artifacts={"keras_model": str(out / "model.keras"), "feature_spec": str(spec)},
         code_paths=[str(REPO_ROOT / "pipelines")],
         pip_requirements=serving_requirements(),
@@ -87,6 +87,7 @@ def child_score(variant: str, model_dir: str, processed: str, n: int, batch_rows
     import numpy as np
 
     from pipelines.config import FeatureSpec  # noqa: F401 - what the model's code imports
+    from pipelines.model.pyfunc import PROBABILITY
 
     model = mlflow.pyfunc.load_model(model_dir)
     frame = _rows(Path(processed), n)
@@ -97,12 +98,12 @@ def child_score(variant: str, model_dir: str, processed: str, n: int, batch_rows
     t0 = time.perf_counter()
     if variant == "batched":
         parts = [
-            model.predict(frame.iloc[lo : lo + batch_rows])["delay_probability"].to_numpy()
+            model.predict(frame.iloc[lo : lo + batch_rows])[PROBABILITY].to_numpy()
             for lo in range(0, len(frame), batch_rows)
         ]
         proba = np.concatenate(parts)
     else:
-        proba = model.predict(frame)["delay_probability"].to_numpy()
+        proba = model.predict(frame)[PROBABILITY].to_numpy()
     seconds = time.perf_counter() - t0
     return {"rows": len(proba), "seconds": seconds, "rows_per_s": len(proba) / seconds,
             "peak_rss": self_peak_rss(), "rss_before_rows": before}

@@ -367,7 +367,7 @@ class EvaluateConfig(_Section):
 
 
 class RegisterConfig(_Section):
-    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "flight_delay"
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "binary_classifier"
     champion_min_auc: Annotated[float, Field(ge=0, le=1)] = 0.6
     # A challenger may be at most this much below the champion's AUC on the same holdout,
     max_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.005
@@ -376,9 +376,9 @@ class RegisterConfig(_Section):
 
 
 class SqlSink(_Section):
-    """Where batch predictions are also upserted (keyed by the data set's key columns)."""
+    """Where batch predictions are also upserted (keyed by the data set's key columns, else its row id)."""
 
-    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "flight_delay_predictions"
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "predictions"
     url: str | None = None  # environment variables are expanded, e.g. postgresql+psycopg2://${PGUSER}@host/db
     conn_id: str | None = None
 
@@ -404,7 +404,7 @@ class PredictConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    experiment: str = "flight_delay"
+    experiment: str = "pipeline"
 
 
 # Evidently's drift methods (``stattest`` names). Distances flag drift above the
@@ -483,7 +483,7 @@ class MonitorConfig(_Section):
     wait_poke_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
     cooldown_days: Annotated[int, Field(ge=0, le=365)] = 7
     training_dag_id: str = "flights_training"
-    experiment: str = "flight_delay_monitoring"  # MLflow experiment of the monitoring runs
+    experiment: str = "pipeline_monitoring"  # MLflow experiment of the monitoring runs
     alerts: Alerts = Alerts()
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import RegisterConfig
+from pipelines.config import DatasetConfig, RegisterConfig
 
 log = logging.getLogger(__name__)
 
@@ -218,20 +218,39 @@ def model_card(
     lineage: dict[str, str],
     features: dict[str, list[str]],
     label_rule: str,
+    dataset: DatasetConfig,
 ) -> str:
-    """A Markdown model card: lineage, metrics overall and by slice, the gate's decision, use and limits."""
+    """A Markdown model card: lineage, metrics overall and by slice, the gate's decision, use and limits.
+
+    What the model is for, what its label means and its limits are the data set's words
+    (``dataset.description``, ``dataset.label.name`` and ``description``, ``dataset.limitations``).
+
+    Args:
+        name: the registered model.
+        version: the version the card describes.
+        evaluation: its evaluation (challenger, champion, baseline, slices).
+        decision: the promotion gate's verdict.
+        lineage: code, data and run identifiers.
+        features: numeric and categorical feature names.
+        label_rule: the label rule in words (``arr_delay gt 15, missing counts as positive``).
+        dataset: the data set's own description of itself.
+
+    Returns:
+        The card's Markdown.
+    """
+    label = dataset.label
     lines = [
         f"# Model card: {name} v{version}",
         "",
         "## Intended use",
-        "Scores scheduled flights the day before departure with the probability of arriving more than",
-        f"15 minutes late ({label_rule}), from what is known before departure. For planning and",
-        "prioritisation, not for decisions about individual passengers.",
+        dataset.description.strip()
+        or f"Scores each {dataset.entity} of the data set {dataset.name} with the probability of {label.name}.",
+        "",
+        "## Label",
+        f"{label.name[:1].upper() + label.name[1:]}: {label_rule}." + (f" {label.description.strip()}" if label.description else ""),
         "",
         "## Limits",
-        "- Trained on the NYC departures of one year (2013 replay); other airports and years are out of scope.",
-        "- Weather is the origin's, at the scheduled hour; destination weather and air-traffic events are unseen.",
-        "- Cancelled and diverted flights count as late.",
+        *(f"- {limit}" for limit in dataset.limitations),
         f"- Slices flagged below the overall AUC: {', '.join(evaluation.get('flagged_slices', [])) or 'none'}.",
         "",
         "## Data lineage",

@@ -428,6 +428,7 @@ def run_check_prediction_drift(ctx: RunContext, champion: dict[str, Any]) -> dic
     return monitor.prediction_drift_step(
         ctx.params.dataset,
         ctx.params.monitor,
+        ctx.params.predict,
         ctx.run_day,
         Champion.from_dict(champion),
         ctx.settings,
@@ -445,6 +446,7 @@ def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str
     return monitor.performance_step(
         ctx.params.dataset,
         ctx.params.monitor,
+        ctx.params.predict,
         ctx.params.evaluate.threshold,
         ctx.run_day,
         Champion.from_dict(champion),

@@ -1,4 +1,4 @@
-"""The registered model: an MLflow pyfunc that takes raw rows and returns delay probabilities.
+"""The registered model: an MLflow pyfunc that takes raw rows and returns the probability of the positive label.
 
 It wraps the Keras model (whose preprocessing is inside) and the one function
 that turns a frame into model inputs, :func:`pipelines.model.features.to_model_inputs`,
@@ -13,11 +13,12 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-PROBABILITY = "delay_probability"
+# The model's output column. Batch prediction writes it under predict.probability_column.
+PROBABILITY = "probability"
 
 
-class FlightDelayModel(mlflow.pyfunc.PythonModel):
-    """``predict(frame) -> frame[delay_probability]`` over raw feature columns."""
+class ProbabilityModel(mlflow.pyfunc.PythonModel):
+    """``predict(frame) -> frame[probability]`` over raw feature columns."""
 
     def load_context(self, context: Any) -> None:
         from pipelines.config import FeatureSpec
@@ -37,3 +38,7 @@ class FlightDelayModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"input is missing feature columns {missing}")
         proba = predict_proba(self.model, to_model_inputs(model_input, self.features), self.batch_size)
         return pd.DataFrame({PROBABILITY: proba}, index=model_input.index)
+
+
+# Versions registered before the class had a generic name unpickle it under this one.
+FlightDelayModel = ProbabilityModel

@@ -330,7 +330,7 @@ class Performance(CheckResult):
     exceeded: list[str]
     def summary(self) -> str:
         if self.status != "ok":
-            return f"performance: {self.rows} labelled scored flights in the window, too few to judge"
+            return f"performance: {self.rows} labelled scored rows in the window, too few to judge"
         parts = [
             f"{m} {self.current[m]:.3f} vs {self.holdout[m]:.3f} on the holdout "
             f"({'worse' if self.worsening[m] > 0 else 'better'} by {abs(self.worsening[m]):.3f}"
@@ -338,7 +338,7 @@ class Performance(CheckResult):
             for m in self.limits
         ]
         span = f"{self.days[0]}..{self.days[-1]}" if self.days else "no day"
-        return f"performance on {self.rows} labelled flights of {span}: " + "; ".join(parts)
+        return f"performance on {self.rows} labelled rows of {span}: " + "; ".join(parts)
 
 
 def worsening(metric: str, holdout: float, current: float) -> float:
@@ -362,7 +362,7 @@ def check_performance(
     rows against the reference (its training sample) for a reader.
 
     Args:
-        labelled: ``delay_probability`` and ``label`` of the scored rows whose labels are in.
+        labelled: ``probability`` and ``label`` of the scored rows whose labels are in.
         holdout: the champion's holdout metrics (``auc``, ``brier``, ...).
         threshold: the probability threshold of the class metrics (``evaluate.threshold``).
         days: the days the rows come from (ISO dates), for the record.

@@ -25,7 +25,10 @@ from pipelines.errors import MonitorError
 
 log = logging.getLogger(__name__)
 
-PROBABILITY = "delay_probability"  # the column batch_predict writes and the reference carries
+# The reference's column of the model's probabilities; monitoring reads the window's scores
+# (predict.probability_column in the prediction files) under this name too.
+PROBABILITY = "probability"
+_EARLIER_PROBABILITY = "delay_probability"  # what references written before it was generic call it
 REFERENCE_ARTIFACT_DIR = "monitoring"  # in the MLflow run of the model version
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_URI_TAG = "monitoring.reference_uri"  # model version tag: where its reference is
@@ -62,7 +65,7 @@ def write_reference(
         out_dir: where the file goes.
 
     Returns:
-        The Parquet file: key, time, feature and label columns, and ``delay_probability``.
+        The Parquet file: key, time, feature and label columns, and ``probability``.
     """
     from pipelines.data.partitions import read_sample
     from pipelines.model.features import to_model_inputs
@@ -130,7 +133,7 @@ def load_champion_reference(champion: Champion, tracking_uri: str, dst_dir: Path
         dst_dir: where the file is downloaded.
 
     Returns:
-        The reference: key, time, feature and label columns, and ``delay_probability``.
+        The reference: key, time, feature and label columns, and ``probability``.
 
     Raises:
         MonitorError: the version was registered without one.
@@ -146,4 +149,7 @@ def load_champion_reference(champion: Champion, tracking_uri: str, dst_dir: Path
     path = mlflow.artifacts.download_artifacts(
         artifact_uri=champion.reference_uri, dst_path=str(dst_dir), tracking_uri=tracking_uri
     )
-    return pd.read_parquet(path)
+    reference = pd.read_parquet(path)
+    if PROBABILITY not in reference.columns and _EARLIER_PROBABILITY in reference.columns:
+        reference = reference.rename(columns={_EARLIER_PROBABILITY: PROBABILITY})
+    return reference

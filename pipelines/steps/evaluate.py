@@ -138,7 +138,7 @@ def _plots(y: np.ndarray, curves: dict[str, np.ndarray], threshold: float, out_d
     for ax, (title, xl, yl) in zip(
         axes,
         [("ROC", "false positive rate", "true positive rate"), ("Precision-recall", "recall", "precision"),
-         ("Reliability", "mean predicted probability", "observed delay rate")],
+         ("Reliability", "mean predicted probability", "observed positive rate")],
         strict=True,
     ):
         ax.set_title(title)
@@ -169,6 +169,8 @@ def _score_champion(
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from pipelines.model.pyfunc import PROBABILITY
+
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, "champion").version
@@ -176,7 +178,7 @@ def _score_champion(
         return None, None
     with use_tracking(tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    proba = model.predict(holdout[list(dataset.features.all)])["delay_probability"].to_numpy()
+    proba = model.predict(holdout[list(dataset.features.all)])[PROBABILITY].to_numpy()
     return str(version), np.asarray(proba, dtype=np.float32)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import DatasetConfig, MonitorConfig
+from pipelines.config import DatasetConfig, MonitorConfig, PredictConfig
 from pipelines.data.partitions import read_days
 from pipelines.errors import MonitorError as MonitorError  # named here, as each step names its error
 from pipelines.monitoring.checks import (
@@ -56,23 +56,54 @@ def window(day: dt.date, days: int) -> list[dt.date]:
 
 
 def read_scored(
-    predictions_dir: Path, days: Sequence[dt.date], champion: Champion
+    predictions_dir: Path, days: Sequence[dt.date], champion: Champion, probability_column: str
 ) -> tuple[pd.DataFrame, list[dt.date]]:
-    """The champion's own predictions on ``days`` (rows scored by another version are left out)."""
+    """The champion's own predictions on ``days`` (rows scored by another version are left out).
+
+    Args:
+        predictions_dir: the daily prediction partitions.
+        days: the days wanted.
+        champion: the version whose scores count.
+        probability_column: what the files call the probability (``predict.probability_column``);
+            it is read as :data:`~pipelines.monitoring.reference.PROBABILITY`.
+
+    Returns:
+        The scored rows, and the days without a partition.
+    """
     scored, missing = read_days(predictions_dir, days)
     if scored.empty:
         return scored, missing
     mine = (scored["model_name"] == champion.model_name) & (scored["model_version"].astype(str) == champion.version)
-    return scored.loc[mine].reset_index(drop=True), missing
+    scored = scored.loc[mine].reset_index(drop=True)
+    if probability_column not in scored.columns:
+        raise MonitorError(
+            f"the predictions of {champion.model_name} v{champion.version} have no column '{probability_column}' "
+            f"(predict.probability_column); they have {sorted(scored.columns)}"
+        )
+    return scored.rename(columns={probability_column: PROBABILITY}), missing
 
 
 def label_scored(scored: pd.DataFrame, raw: pd.DataFrame, spec: DatasetConfig) -> pd.DataFrame:
-    """Join predictions to the published rows of the same days on the key columns, with the label rule applied."""
+    """Join predictions to the published rows of the same days, with the label rule applied.
+
+    The join is on the key columns, or, for a data set without any, on the row id that batch
+    prediction wrote (:mod:`pipelines.data.rows`), derived here again from the published rows.
+    """
+    from pipelines.data.rows import ROW_ID, row_ids, row_keys
     from pipelines.model.features import LABEL, apply_label_rule
 
-    keys = list(spec.key_columns)
+    keys = row_keys(spec)
     if scored.empty or raw.empty:
         return pd.DataFrame(columns=[*keys, PROBABILITY, LABEL])
+    if not spec.key_columns:
+        if ROW_ID not in scored.columns:
+            log.warning(
+                "the scored rows have no %s column (scored before rows without a key got one): "
+                "they cannot be matched to their labels",
+                ROW_ID,
+            )
+            return pd.DataFrame(columns=[*keys, PROBABILITY, LABEL])
+        raw = raw.assign(**{ROW_ID: row_ids(raw, spec)})
     # Keys are unique in a partition that passed validation; a duplicate must not fan the join out.
     labelled = apply_label_rule(raw[[*keys, spec.label.source_column]], spec.label).drop_duplicates(keys)
     return (
@@ -273,15 +304,22 @@ def data_drift_step(
 def prediction_drift_step(
     dataset: DatasetConfig,
     cfg: MonitorConfig,
+    predict_cfg: PredictConfig,
     run_day: dt.date,
     champion: Champion,
     settings: Settings,
     out_dir: Path,
     tracking: Tracking,
 ) -> dict[str, Any]:
-    """Prediction drift of the window ending on ``run_day``: the champion's scores against its reference scores."""
+    """Prediction drift of the window ending on ``run_day``: the champion's scores against its reference scores.
+
+    Args:
+        predict_cfg: what the prediction files call the probability.
+    """
     reference = load_champion_reference(champion, settings.tracking_uri, out_dir / "reference")
-    scored, missing = read_scored(settings.predictions_dir, _window_of(dataset, cfg, run_day), champion)
+    scored, missing = read_scored(
+        settings.predictions_dir, _window_of(dataset, cfg, run_day), champion, predict_cfg.probability_column
+    )
     current = scored[PROBABILITY] if not scored.empty else pd.Series(dtype="float64")
     result = check_prediction_drift(reference[PROBABILITY], current, cfg.prediction_drift, out_dir)
     uri = log_check(
@@ -291,10 +329,10 @@ def prediction_drift_step(
 
 
 def labelled_scored(
-    spec: DatasetConfig, days: Sequence[dt.date], champion: Champion, settings: Settings
+    spec: DatasetConfig, days: Sequence[dt.date], champion: Champion, settings: Settings, probability_column: str
 ) -> tuple[pd.DataFrame, list[str]]:
     """The champion's predictions on ``days`` whose labels are published, with the label; and those days."""
-    scored, _ = read_scored(settings.predictions_dir, days, champion)
+    scored, _ = read_scored(settings.predictions_dir, days, champion, probability_column)
     if scored.empty:
         return label_scored(scored, scored, spec), []
     scored_days = sorted({pd.Timestamp(t).date() for t in scored[spec.time_column].unique()})
@@ -306,6 +344,7 @@ def labelled_scored(
 def performance_step(
     dataset: DatasetConfig,
     cfg: MonitorConfig,
+    predict_cfg: PredictConfig,
     threshold: float,
     run_day: dt.date,
     champion: Champion,
@@ -316,10 +355,13 @@ def performance_step(
     """Performance on the labelled days the champion scored in the window ending on ``run_day``.
 
     Args:
+        predict_cfg: what the prediction files call the probability.
         threshold: the probability threshold of the class metrics (``evaluate.threshold``).
     """
     reference = load_champion_reference(champion, settings.tracking_uri, out_dir / "reference")
-    labelled, days = labelled_scored(dataset, _window_of(dataset, cfg, run_day), champion, settings)
+    labelled, days = labelled_scored(
+        dataset, _window_of(dataset, cfg, run_day), champion, settings, predict_cfg.probability_column
+    )
     result = check_performance(
         labelled, champion.holdout, reference, cfg.performance, threshold, out_dir, days=days
     )

@@ -1,7 +1,9 @@
-"""Batch prediction: score the next day's scheduled flights with the champion.
+"""Batch prediction: score the next day's rows with the champion.
 
 Only the feature and key columns of the next day's rows are read: nothing
-observed after departure reaches the model. Scores are written as one
+observed after the event reaches the model. A data set without key columns gets
+a row id per prediction (:mod:`pipelines.data.rows`), which monitoring joins labels
+on. Scores are written as one
 Parquet partition per day, replaced whole on a re-run, with the model's name,
 version and alias, the input's fingerprint and the scoring time on every row.
 """
@@ -26,6 +28,7 @@ from pipelines.config import (
     ValidateConfig,
 )
 from pipelines.data.partitions import partition_dir
+from pipelines.data.rows import ROW_ID, row_ids, row_keys
 from pipelines.model.features import frame_fingerprint
 from pipelines.steps.collect import available_days, fetch_day, source_date
 from pipelines.tracking import use_tracking
@@ -58,7 +61,7 @@ def batch_predict(
     reference: dict[str, Any] | None = None,
     alias: str = "champion",
 ) -> dict[str, Any]:
-    """Score the flights of the day after ``run_day`` with ``models:/<name>@<alias>``.
+    """Score the rows of the day after ``run_day`` with ``models:/<name>@<alias>``.
 
     The rows to score pass the same validation gate as training data, on the
     key and feature columns: a schema problem or a ``stop`` finding quarantines
@@ -67,7 +70,7 @@ def batch_predict(
     Args:
         dataset: the source, key, time and feature columns.
         validate_cfg: the gate the rows to score pass (and ``rows_per_day``, the most a day may hold).
-        evaluate_cfg: its ``threshold`` turns probabilities into ``predicted_delayed``.
+        evaluate_cfg: its ``threshold`` turns probabilities into decisions (``predict.decision_column``).
         register_cfg: its ``model_name`` is the registered model scored with.
         cfg: the ``predict`` section: batch size and the optional SQL sink.
         run_day: the run's data day; the day after it is scored.
@@ -86,7 +89,8 @@ def batch_predict(
     """
     import mlflow
 
-    from pipelines.steps.validate import ValidationFailed, validate_frame
+    from pipelines.model.pyfunc import PROBABILITY
+    from pipelines.steps.validate import ValidationFailed, log_report, validate_frame
 
     spec = dataset
     name = register_cfg.model_name
@@ -97,12 +101,12 @@ def batch_predict(
 
     columns = list(dict.fromkeys([*spec.key_columns, spec.time_column, *spec.features.all]))
     raw = fetch_day(spec, day, max_rows=validate_cfg.rows_per_day[1])
-    # Only what is known before departure goes on: outcome columns are dropped unread.
+    # Only what is known before the event goes on: outcome columns are dropped unread.
     frame = raw[[c for c in raw.columns if c in columns]]
     report = validate_frame(
         frame, spec, validate_cfg, report_dir, first_day=day, last_day=day, columns=columns, reference=reference
     )
-    log.info("input validation %s; data docs: %s", report.summary(), report.data_docs)
+    log_report(report, "input validation")
     if not report.success:
         quarantine_dir.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(quarantine_dir / f"inputs-{day.isoformat()}.parquet", index=False)
@@ -128,13 +132,15 @@ def batch_predict(
         with use_tracking(tracking_uri):
             model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
         scores = [
-            model.predict(frame.iloc[lo : lo + cfg.batch_rows][list(spec.features.all)])["delay_probability"].to_numpy()
+            model.predict(frame.iloc[lo : lo + cfg.batch_rows][list(spec.features.all)])[PROBABILITY].to_numpy()
             for lo in range(0, len(frame), cfg.batch_rows)
         ]
     proba = pd.Series(np.concatenate(scores) if scores else [], dtype="float32", index=frame.index)
     out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
-    out["delay_probability"] = proba
-    out["predicted_delayed"] = proba >= evaluate_cfg.threshold
+    if not spec.key_columns:  # no natural key: monitoring joins the labels on this id
+        out.insert(0, ROW_ID, row_ids(frame, spec))
+    out[cfg.probability_column] = proba
+    out[cfg.decision_column] = proba >= evaluate_cfg.threshold
     out["model_name"] = name
     out["model_version"] = str(version)
     out["model_alias"] = alias
@@ -142,13 +148,13 @@ def batch_predict(
     out["scored_at"] = pd.Timestamp.now(tz="UTC")
 
     if cfg.sink is not None and len(out):
-        upsert(out, cfg.sink, list(spec.key_columns))
+        upsert(out, cfg.sink, row_keys(spec))
     path = partition_dir(predictions_dir, day) / PREDICTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     out.to_parquet(tmp, index=False)
     os.replace(tmp, path)
-    log.info("scored %d flights of %s with %s v%s -> %s", len(out), day, name, version, path)
+    log.info("scored %d %s of %s with %s v%s -> %s", len(out), spec.entities, day, name, version, path)
     return {
         "day": day.isoformat(),
         "rows": len(out),

@@ -124,7 +124,7 @@ def register(
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.model.pyfunc import FlightDelayModel
+    from pipelines.model.pyfunc import PROBABILITY, ProbabilityModel
 
     name = cfg.model_name
     run_id = get_or_create_run(tracking)
@@ -143,8 +143,8 @@ def register(
         )
     )
     example = _input_example(dataset, processed_dir)
-    python_model = FlightDelayModel()
-    signature = infer_signature(example, pd.DataFrame({"delay_probability": [0.5] * len(example)}))
+    python_model = ProbabilityModel()
+    signature = infer_signature(example, pd.DataFrame({PROBABILITY: [0.5] * len(example)}))
     with use_tracking(tracking.tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -217,6 +217,7 @@ def register(
             {"numeric": list(dataset.features.numeric), "categorical": list(dataset.features.categorical)},
             f"{dataset.label.source_column} {dataset.label.operator} {dataset.label.threshold:g}, "
             f"missing counts as {dataset.label.missing}",
+            dataset,
         ),
         encoding="utf-8",
     )

@@ -192,8 +192,10 @@ def _metric(server: Server, name: str, **labels: str) -> float:
 def _batch_scores(uri: str, version: str, frame: pd.DataFrame) -> np.ndarray:
     import mlflow
 
+    from pipelines.model.pyfunc import PROBABILITY
+
     with use_tracking(uri):
-        return mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(frame)["delay_probability"].to_numpy()
+        return mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(frame)[PROBABILITY].to_numpy()
 
 
 # --------------------------------------------------------------------------- requests

@@ -142,6 +142,7 @@ def test_no_training_serving_skew(registry) -> None:
     import mlflow
 
     from pipelines.model.network import load_model
+    from pipelines.model.pyfunc import PROBABILITY
     from pipelines.model.tfdata import make_dataset
     from pipelines.runner import RunContext
     from pipelines.settings import resolve
@@ -157,7 +158,7 @@ def test_no_training_serving_skew(registry) -> None:
 
     with use_tracking(resolve().tracking_uri):
         served = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(holdout[list(ctx.params.dataset.features.all)])
-    np.testing.assert_allclose(served["delay_probability"].to_numpy(), training_path, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(served[PROBABILITY].to_numpy(), training_path, rtol=0, atol=1e-6)
 
 
 def test_batch_partitions_are_replaced_alone_and_the_sql_sink_upserts(registry) -> None:
