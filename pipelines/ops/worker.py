@@ -79,6 +79,7 @@ PRELOAD = (
     "pydantic",
     "pipelines.config",
     "pipelines.data.partitions",
+    "pipelines.data.daily_files",
     "pipelines.data.rows",
     "pipelines.steps.collect",
     "pipelines.model.features",

@@ -135,7 +135,7 @@ def test_csv_value_that_cannot_be_cast_is_a_finding_naming_the_column(
     path = _write_csv(rows, tmp_path / "landing")
     spec = _files(params, tmp_path / "landing")
 
-    with caplog.at_level("WARNING", logger="pipelines.steps.collect"):
+    with caplog.at_level("WARNING", logger="pipelines.data.daily_files"):
         collect(spec, DAY, tmp_path / "staging", tmp_path / "raw")
 
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
