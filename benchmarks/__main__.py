@@ -7,10 +7,11 @@ Runs each benchmark in turn, each printing its table and writing it to
     scaling         the nightly run at 1x, 4x and 16x the data
     input_pipeline  tf.data against training consumption and an in-memory baseline, at 1x and 10x
     throughput      batch scoring (production path vs one whole frame), validation and drift per million rows
+    serving         the online service against mlflow models serve: latency at fixed rates, batches, swaps, memory
 
 ``--only e2e,throughput`` runs a subset. On a quiet 2-core machine (2026-11-30) e2e's warm and cli
 modes (its default) took about 4 minutes a repeat (two nights each; ``--modes base,...`` adds the old code's),
-``scaling --scales 1,4,16`` 7.5, input_pipeline 5 and throughput about 3. Nothing here is a test and
+``scaling --scales 1,4,16`` 7.5, input_pipeline 5, throughput about 3 and serving about 6. Nothing here is a test and
 CI times nothing.
 """
 
@@ -21,7 +22,7 @@ import importlib
 import sys
 import time
 
-SUITE = ("e2e", "scaling", "input_pipeline", "throughput")
+SUITE = ("e2e", "scaling", "input_pipeline", "throughput", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:

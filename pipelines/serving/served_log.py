@@ -162,6 +162,10 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
 
     def start(self) -> None:
+        # Imported now, not at the first write: importing the Parquet engine holds the GIL for a
+        # good part of a second, which requests answered meanwhile would wait out.
+        import pyarrow.parquet  # noqa: F401
+
         self._thread.start()
 
     def submit(self, record: Served) -> None:
