@@ -62,4 +62,4 @@ browser-deps:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
 clean:
-	rm -rf .local data/raw data/processed data/predictions data/quarantine
+	rm -rf .local data/raw data/processed data/predictions data/quarantine data/served
