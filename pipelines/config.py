@@ -237,6 +237,23 @@ class ValidateConfig(_Section):
         """The level past which a ``warn`` finding of ``rule`` stops the batch (``escalate``, else ``ESCALATE``)."""
         return self.escalate.get(rule, ESCALATE.get(rule, 0.10))
 
+    @model_validator(mode="after")
+    def _warnings_below_their_ceiling(self) -> ValidateConfig:
+        # A warn rule that already tolerates a share of rows must escalate above it, or it never warns.
+        tolerated = {
+            "nulls": max([self.max_null_fraction, *(v for v in self.null_fraction_overrides.values() if v < 1)]),
+            "categories": self.max_unseen_category_fraction,
+            "unseen_categories": self.max_unseen_category_fraction,
+            "reference_ranges": self.max_unseen_category_fraction,
+        }
+        for rule, share in tolerated.items():
+            if self.severity.get(rule) == "warn" and self.escalation(rule) <= share:
+                raise ValueError(
+                    f"validate.escalate.{rule} ({self.escalation(rule)}) must be above the share the rule "
+                    f"already tolerates ({share}): a finding would always stop, never warn"
+                )
+        return self
+
 
 class SplitConfig(_Section):
     validation_days: Annotated[int, Field(ge=1)] = 14
