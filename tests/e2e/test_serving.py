@@ -366,3 +366,45 @@ def test_served_rows_and_shadow_scores_are_logged_by_day(server: Server, registr
     # Every answered request is in the log: all the requests of this module, good ones only.
     assert served["request_id"].nunique() >= 100
     assert not math.isnan(served["probability"].mean())
+
+
+# --------------------------------------------------------------------------- before any model
+
+
+def test_without_a_champion_the_service_is_alive_but_not_ready(tmp_path: Path) -> None:
+    """A fresh machine (``make serve`` before ``make pipeline``): it answers, says why it is not ready, and waits."""
+    port = _free_port()
+    env = os.environ | {
+        "MLOPS_HOME": str(tmp_path / "home"),
+        "MLOPS_DATA_DIR": str(tmp_path / "data"),
+        "MLOPS_SERVE_PORT": str(port),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLOPS_PARAMS", None)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.serving"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    srv = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, srv.log()
+            try:
+                if httpx.get(f"{srv.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        ready = httpx.get(f"{srv.url}/ready")
+        assert ready.status_code == 503 and ready.json()["reason"] == "no model loaded yet"
+        row = {"month": 6, "day": 22, "day_of_week": 5, "hour": 19, "minute": 30, "sched_arr_time": 2154,
+               "distance": 1182.0, "temp": 69.98, "dewp": 60.08, "humid": 70.81, "wind_dir": 150.0,
+               "wind_speed": 8.06, "wind_gust": None, "precip": 0.0, "pressure": 1021.5, "visib": 10.0,
+               "carrier": "9E", "origin": "JFK", "dest": "MSY"}
+        answer = httpx.post(f"{srv.url}/predict", json=row)
+        assert answer.status_code == 503 and "no model loaded" in answer.text
+        info = _model(srv)
+        assert info["version"] is None and info["alias"] == "champion"
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM), srv.log()
