@@ -186,7 +186,7 @@ def test_a_teammate_pulls_a_model_versions_data_in_a_fresh_clone(versioned_runs,
     remotes = subprocess.run(
         [sys.executable, "-m", "dvc", "remote", "list"], cwd=teammate, capture_output=True, text=True, check=True
     ).stdout
-    assert "storage\ts3://" in remotes, remotes
+    assert remotes.split()[:2] == ["storage", "s3://<team-bucket>/flights-mlops"] and "(default)" in remotes, remotes
     # ... and the embedded setup's local override (.dvc/config.local, git-ignored) wins where it exists.
     project_remotes = subprocess.run(
         [sys.executable, "-m", "dvc", "remote", "list"], cwd=versioned_runs["project"], capture_output=True, text=True
