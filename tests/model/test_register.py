@@ -195,3 +195,23 @@ def test_batch_partitions_are_replaced_alone_and_the_sql_sink_upserts(registry) 
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
+
+
+def test_a_model_trained_on_a_batch_with_warnings_waits_for_a_person(registry) -> None:
+    """The validate task's warnings reach the gate through run_register: a good model is not promoted alone."""
+    from pipelines.runner import RunContext, run_register
+
+    client = _client()
+    champion = str(client.get_model_version_by_alias(NAME, "champion").version)
+    first = registry["first"]
+    validated = {
+        "success": True,
+        "warnings": ["[values] column 'carrier': expect_column_values_to_be_in_set (unseen_categories, warn): 9 of 900"],
+    }
+    ctx = RunContext(dag_id="promo", run_id="r5", run_day=DAY, overrides=BASE)
+    reg = run_register(ctx, first["preprocess"], first["train"], first["evaluate"], None, validated)
+    assert not reg["promoted"]
+    assert "1 warning(s)" in reg["decision"] and "column 'carrier'" in reg["decision"]
+    assert "beats the baseline" in reg["decision"], "the other rules passed: only the warnings held it back"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == champion
+    assert f"| refuse | v{reg['model_version']} |" in _log(registry)
