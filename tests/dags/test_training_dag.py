@@ -77,7 +77,7 @@ def test_training_dag_shape(dagbag) -> None:
         "version_data": ["preprocess", "validate"],
         "train": ["preprocess", "validate", "version_data"],
         "evaluate": ["preprocess", "train"],
-        "register": ["evaluate", "preprocess", "train", "version_data"],
+        "register": ["evaluate", "preprocess", "train", "validate", "version_data"],
         "batch_predict": ["register"],
     }
     assert dag.max_active_runs == 1
