@@ -5,6 +5,13 @@
 # The install compiles every package to bytecode once: where PYTHONDONTWRITEBYTECODE is set (as on
 # our CI machines) Python would otherwise compile each imported module again in every process, and
 # a task process imports Airflow, MLflow, TensorFlow or Great Expectations (17 s of imports instead of 8.7 s).
+# Every target runs the tools of .venv by their path: no activated environment needed.
+# Local ports (environment; the servers listen on MLOPS_BIND_HOST, default 127.0.0.1, this machine only):
+#   MLOPS_AIRFLOW_PORT=8080  Airflow's API server and UI (make pipeline, make airflow-ui; log servers: +1, +2)
+#   MLOPS_MLFLOW_PORT=5000   make mlflow-ui
+#   MLOPS_SERVE_PORT=8000    make serve
+# Airflow's size follows the CPU count (executor parallelism 2 per core, at least 4); set
+# AIRFLOW__CORE__PARALLELISM and the like to choose. Ctrl-C stops everything a target started.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -49,6 +56,8 @@ lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
+# The API server, scheduler, DAG processor, triggerer and step worker on the state make pipeline left, with
+# flights_monitoring unpaused (it runs on each collect), until Ctrl-C: http://127.0.0.1:8080, admin / admin.
 airflow-ui: install
 	$(PY) -m pipelines.ops.local airflow-ui
 

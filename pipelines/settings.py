@@ -13,6 +13,10 @@ Environment variables:
     MLOPS_DVC_REPO       the git + DVC repository holding the data folder; default ``<repo>``
     MLOPS_DVC_REMOTE_URL       the DVC remote; default ``~/.cache/flights-mlops/dvc-remote`` (outside the work tree)
     MLOPS_DVC_REMOTE_ENDPOINT  the S3 endpoint of an ``s3://`` remote (MinIO, ...)
+    MLOPS_AIRFLOW_PORT   the local Airflow API server and UI (main command, ``make airflow-ui``); default ``8080``
+    MLOPS_MLFLOW_PORT    ``make mlflow-ui``; default ``5000``
+    MLOPS_SERVE_PORT     the prediction service (``make serve``); default ``8000``
+    MLOPS_BIND_HOST      the address the local servers listen on; default ``127.0.0.1`` (this machine only)
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ class Settings:
     artifact_root: Path
     versioning: bool = True
     dvc_repo: Path = REPO_ROOT
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
+    serve_port: int = 8000
+    bind_host: str = "127.0.0.1"
 
     @property
     def raw_dir(self) -> Path:
@@ -79,4 +87,17 @@ def resolve(env: dict[str, str] | None = None) -> Settings:
         artifact_root=home / "mlflow" / "artifacts",
         versioning=versioning == "on",
         dvc_repo=Path(env.get("MLOPS_DVC_REPO") or REPO_ROOT).resolve(),
+        airflow_port=_port(env, "MLOPS_AIRFLOW_PORT", 8080),
+        mlflow_port=_port(env, "MLOPS_MLFLOW_PORT", 5000),
+        serve_port=_port(env, "MLOPS_SERVE_PORT", 8000),
+        bind_host=env.get("MLOPS_BIND_HOST") or "127.0.0.1",
     )
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{name} must be a TCP port (1-65535), got {value!r}")
+    return int(value)

@@ -6,7 +6,7 @@
     python -m pipelines.ops backfill --watch ID | --cancel ID
 
 Where and who (flags win over the environment):
-    AIRFLOW_API_URL       the API server, default ``http://localhost:8080``
+    AIRFLOW_API_URL       the API server, default ``http://localhost:$MLOPS_AIRFLOW_PORT`` (8080: the local one)
     AIRFLOW_API_USER      default ``admin``
     AIRFLOW_API_PASSWORD  exchanged for a token at ``POST /auth/token``
     AIRFLOW_API_TOKEN     a token already issued (then no user or password is needed)
@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipelines.ops.airflow_api import AirflowAPI, APIError
+from pipelines.settings import resolve
 
-DEFAULT_URL = "http://localhost:8080"
+DEFAULT_URL = "http://localhost:{port}"  # the local Airflow's port from the settings
 DEFAULT_DAG = "flights_training"
 
 
@@ -242,7 +243,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.ops", description=__doc__.split("\n")[0])
-    p.add_argument("--url", default=os.environ.get("AIRFLOW_API_URL", DEFAULT_URL), help="API server (AIRFLOW_API_URL)")
+    default_url = os.environ.get("AIRFLOW_API_URL") or DEFAULT_URL.format(port=resolve().airflow_port)
+    p.add_argument("--url", default=default_url, help="API server (AIRFLOW_API_URL)")
     p.add_argument("--user", default=os.environ.get("AIRFLOW_API_USER", "admin"), help="user (AIRFLOW_API_USER)")
     p.add_argument("--password", default=os.environ.get("AIRFLOW_API_PASSWORD"), help="password (AIRFLOW_API_PASSWORD)")
     p.add_argument(

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import sqlalchemy as sa
 
 from pipelines.ops.airflow_api import TERMINAL_STATES
@@ -69,7 +70,13 @@ class Services:
                 raise ServiceError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every process group, then SIGKILL what is left after ``timeout``."""
+        """SIGTERM every process group, then SIGKILL what is left of them after ``timeout``.
+
+        Every descendant is found first and killed last if still there: Airflow's task processes
+        run in process groups of their own, and a child whose parent exits is no longer found
+        under it.
+        """
+        tree = [p for proc in self.procs.values() for p in _descendants(proc.pid)]
         for proc in self.procs.values():
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -78,13 +85,20 @@ class Services:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            # Children (task processes, gunicorn workers) may outlive their parent.
+            # Children (task processes, API server workers) may outlive their parent.
             _signal_group(proc, signal.SIGKILL)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        _kill_all(tree, grace=max(0.0, deadline - time.monotonic()))
         self.procs.clear()
+
+    def pids(self) -> set[int]:
+        """The services' processes and every descendant of theirs, now."""
+        return {proc.pid for proc in self.procs.values()} | {
+            p.pid for proc in self.procs.values() for p in _descendants(proc.pid)
+        }
 
     def __enter__(self) -> Services:
         return self
@@ -98,6 +112,25 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_all(procs: list[psutil.Process], grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``procs`` to exit, then SIGKILL each one left (and what it started)."""
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    left = [d for p in alive for d in _descendants(p.pid)] + alive
+    for p in left:
+        try:
+            p.kill()  # psutil checks the process is the one it found, not a new one with its pid
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
 
 
 def wait_http(url: str, timeout: float, services: Services | None = None, ok: Iterable[int] = (200,)) -> None:
@@ -141,6 +174,7 @@ class AirflowCluster:
     components: tuple[str | tuple[str, Sequence[str]], ...] = ("api-server", "scheduler", "dag-processor")
     api_port: int = 8080
     python: str = sys.executable
+    stop_timeout: float = 20.0  # SIGTERM to SIGKILL; an interactive command wants a few seconds
 
     def __post_init__(self) -> None:
         # Task processes report to the API server's execution API, whatever the executor.
@@ -206,7 +240,7 @@ class AirflowCluster:
         return out
 
     def stop(self) -> None:
-        self.services.stop()
+        self.services.stop(self.stop_timeout)
         self._engine.dispose()
 
     def __enter__(self) -> AirflowCluster:

@@ -9,6 +9,7 @@ test session calls it before anything imports Airflow, which reads its configura
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,12 +20,35 @@ from pipelines.settings import REPO_ROOT
 _NOT_INHERITED = ("MLFLOW_TRACKING_URI",)
 
 
+def machine_sizing(cpus: int | None = None) -> dict[str, str]:
+    """Airflow's process counts for a machine with ``cpus`` cores (default: this one's).
+
+    Airflow's defaults suit a server: LocalExecutor starts ``[core] parallelism`` (32) worker
+    processes at once, idle or not, and the DAG processor parses with two. Here a task mostly
+    waits on the step worker, which does the work, so two task slots per core keep the cores
+    busy; four at least, so that a waiting sensor never holds the last slot.
+
+    Args:
+        cpus: the cores to size for; None: ``os.cpu_count()``.
+
+    Returns:
+        ``AIRFLOW__...`` variables: executor parallelism, API server workers, DAG parsing processes.
+    """
+    cpus = max(1, cpus or os.cpu_count() or 1)
+    return {
+        "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * cpus)),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": str(max(1, min(2, cpus // 2))),
+    }
+
+
 def airflow_env(
     airflow_home: Path,
     *,
     base: Mapping[str, str] | None = None,
     state_dir: Path | None = None,
     api_port: int | None = None,
+    api_host: str = "127.0.0.1",
     login: tuple[str, str] | None = None,
     scheduled_runs: bool = True,
     step_worker: bool = False,
@@ -45,7 +69,10 @@ def airflow_env(
             ``MLOPS_HOME`` is ``state_dir/mlops``, ``MLOPS_DATA_DIR`` ``state_dir/data``, data
             versioning is off (DVC needs the repository) and ``MLFLOW_TRACKING_URI`` is not taken
             from ``base``. None: the pipeline's settings are left to ``base`` and the defaults.
-        api_port: the API server's port; the task log server takes the next one. None: Airflow's.
+        api_port: the API server's port; the task log server takes the next one and the triggerer's
+            the one after. None: Airflow's.
+        api_host: the address the API server listens on: this machine only by default (Airflow's
+            own default, 0.0.0.0, would offer the local admin login to the network).
         login: ``(user, password)`` of the one (admin) user. None: no login, every visitor is admin.
         scheduled_runs: whether the scheduler creates runs from the DAGs' schedules; off, only
             the runs triggered or backfilled run.
@@ -53,12 +80,14 @@ def airflow_env(
         dags_folder, plugins_folder: default this repository's.
         extra: variables set last, over everything else.
 
+    The process counts come from :func:`machine_sizing`; any of them set in ``base`` or ``extra`` wins.
+
     Returns:
         The whole environment of the processes to start.
     """
     airflow_home = Path(airflow_home).absolute()  # SQLite URLs need an absolute path
     airflow_home.mkdir(parents=True, exist_ok=True)
-    env = dict(base or {})
+    env = {**machine_sizing(), **(base or {})}
     env.update(
         {
             "AIRFLOW_HOME": str(airflow_home),
@@ -67,6 +96,7 @@ def airflow_env(
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__API__HOST": api_host,
             "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(airflow_home),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(scheduled_runs),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": str(login is None),
@@ -86,6 +116,7 @@ def airflow_env(
         env["AIRFLOW__API__PORT"] = str(api_port)
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{api_port}/execution/"
         env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(api_port + 1)
+        env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(api_port + 2)
     if state_dir is not None:
         for name in _NOT_INHERITED:
             env.pop(name, None)
