@@ -93,11 +93,19 @@ class PeakSampler:
     processes, the step worker and its children), never other people's processes.
     Sampling is every ``interval`` seconds, so a peak shorter than that can be
     missed; the steps that report their own ``VmHWM`` are exact.
+
+    ``tree_pss`` is the peak, over the samples, of the whole tree's proportional set size
+    (``Pss`` in ``/proc/<pid>/smaps_rollup``, summed over every descendant): what the tree
+    costs the machine, each shared page counted once across its sharers. Summed RSS counts
+    a page once per process that maps it (Airflow's forked workers share most of theirs),
+    and overstated the local Airflow's tree about twofold.
     """
 
     label: Callable[[list[str]], str | None]
     interval: float = 0.2
     peaks: dict[str, int] = field(default_factory=dict)  # label -> bytes
+    tree_pss: int = 0  # bytes
+    tree_processes: int = 0  # processes in the tree at that peak
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -108,6 +116,7 @@ class PeakSampler:
 
         me = psutil.Process()
         while not self._stop.is_set():
+            pss, count = 0, 0
             for proc in me.children(recursive=True):
                 try:
                     cmd = proc.cmdline()
@@ -116,9 +125,13 @@ class PeakSampler:
                     continue
                 if mem is None or not cmd:
                     continue
+                pss += proc_pss(proc.pid)
+                count += 1
                 key = self.label(cmd)
                 if key is not None and mem.rss > self.peaks.get(key, 0):
                     self.peaks[key] = mem.rss
+            if pss > self.tree_pss:
+                self.tree_pss, self.tree_processes = pss, count
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakSampler:
@@ -128,6 +141,18 @@ class PeakSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def proc_pss(pid: int) -> int:
+    """A process's proportional set size in bytes (0 when it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def self_peak_rss() -> int:

@@ -28,7 +28,10 @@ own Airflow and MLflow databases), each running two nights in turn:
 Every mode finds its MLflow database created (as Airflow's is migrated)
 before the clock starts. Per step: its wall time (Airflow: the task instance's start to end) and the
 peak RSS of the process(es) that ran it (sampled every 0.2 s; the step
-worker's children report their own ``VmHWM``). The orchestration overhead is
+worker's children report their own ``VmHWM``), and the whole process tree's
+peak proportional set size (PSS, from ``/proc/<pid>/smaps_rollup``: a page
+shared by forked processes counts once, where summed RSS counts it in each).
+The orchestration overhead is
 the Airflow run's time over the CLI's steps time.
 """
 
@@ -172,6 +175,7 @@ def run_airflow(mode: str, date: str, port: int, code_dir: Path, keep: bool) -> 
     out.update(first)
     out["next"] = {**nxt, "mode": mode, "services_ready_s": 0.0, "total_s": nxt["dag_run_s"], "services_rss": {}}
     out["services_rss"] = {k: v for k, v in sampler.peaks.items() if not k.startswith(("ti:", "step:"))}
+    out["tree_pss"], out["tree_processes"] = sampler.tree_pss, sampler.tree_processes
     out["model"] = out["next"]["model"] = _model_metrics(env)
     if not keep:
         from benchmarks.common import remove_state
@@ -272,6 +276,7 @@ def run_cli(date: str, keep: bool) -> dict:
             raise RuntimeError(f"the CLI run of {night} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
         res = json.loads(result_file.read_text())
         res.update({"mode": "cli", "night": night, "wall_s": wall, "sampled_rss": sampler.peaks.get("cli")})
+        res.update({"tree_pss": sampler.tree_pss, "tree_processes": sampler.tree_processes})
         results.append(res)
     out, out["next"] = results
     out["state"] = str(state)
@@ -365,6 +370,11 @@ def _table(results: dict[str, dict]) -> str:
             else:
                 start += [f"{res['services_ready_s']:.1f} (services)", mib(max(res["services_rss"].values(), default=0))]
     rows.append(start)
+    # The whole process tree's peak, as the machine pays it (PSS: shared pages counted once).
+    tree = ["**peak memory, whole tree (PSS)**"]
+    for res in results.values():
+        tree += [f"{res.get('tree_processes') or '?'} processes", f"**{mib(res.get('tree_pss'))}**"]
+    rows.append(tree)
     return markdown_table(headers, rows)
 
 
@@ -425,7 +435,7 @@ def median_of(runs: list[dict]) -> dict:
             out[key] = median_of([v if isinstance(v, dict) else {} for v in values])
         elif isinstance(value, int | float) and not isinstance(value, bool):
             numbers = [v for v in values if isinstance(v, int | float)]
-            out[key] = max(numbers) if "rss" in key else statistics.median(numbers)
+            out[key] = max(numbers) if "rss" in key or "pss" in key else statistics.median(numbers)
         else:
             out[key] = value
     return out
