@@ -84,7 +84,8 @@ def model_dataset(
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        known = ", ".join(sorted(v.version for v in client.search_model_versions(f"name = '{name}'"))) or "none"
+        numbers = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        known = ", ".join(map(str, numbers)) or "none"
         raise ConfigError(f"{which} is not in the registry at {client.tracking_uri} (versions: {known})") from None
     tags = dict(found.tags)
     rev = tags.get("lineage.dataset_git_rev", "")
