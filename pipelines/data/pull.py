@@ -82,7 +82,8 @@ def model_dataset(
             else client.get_model_version_by_alias(name, str(alias))
         )
     except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # A missing version is RESOURCE_DOES_NOT_EXIST; a missing alias, INVALID_PARAMETER_VALUE "... not found".
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(err):
             raise
         numbers = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
         known = ", ".join(map(str, numbers)) or "none"
