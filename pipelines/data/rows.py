@@ -49,5 +49,7 @@ def row_ids(frame: pd.DataFrame, spec: DatasetConfig) -> pd.Series:
     for col in categorical:
         norm[col] = frame[col].astype("string").fillna("\x00<missing>").astype(object)
     hashed = pd.util.hash_pandas_object(norm, index=False)
+    if hashed.empty:  # a day without rows: no ids (the string arithmetic below needs a row to infer from)
+        return pd.Series([], index=frame.index, dtype=object)
     occurrence = hashed.groupby(hashed.to_numpy()).cumcount()
     return hashed.map("{:016x}".format) + "-" + occurrence.astype(str)

@@ -107,3 +107,9 @@ def test_the_sql_sink_upserts_on_the_row_id(tmp_path) -> None:
 def test_row_keys_are_the_key_columns_when_there_are_some(keys: list[str]) -> None:
     spec = SPEC.model_copy(update={"key_columns": tuple(keys)})
     assert row_keys(spec) == (keys or [ROW_ID])
+
+
+def test_a_day_without_rows_has_no_row_ids() -> None:
+    # Batch prediction of an empty day (missing_day: empty) on a table without a key.
+    ids = row_ids(_day().iloc[:0], SPEC)
+    assert ids.empty and ids.dtype == object
