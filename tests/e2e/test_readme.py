@@ -46,7 +46,7 @@ SERVERS = {
     "make mlflow-ui": ("MLOPS_MLFLOW_PORT", "/health"),
     "make serve": ("MLOPS_SERVE_PORT", "/ready"),
 }
-QUICK = {"DATE": "2013-02-20", "CONF": '{"epochs": 1, "training_window_days": 40}'}
+QUICK = {"DATE": "2013-06-30", "CONF": '{"epochs": 3, "training_window_days": 90}'}  # the README's own example
 
 
 @dataclass(frozen=True)
