@@ -94,12 +94,6 @@ class Services:
         _kill_all(tree, grace=max(0.0, deadline - time.monotonic()))
         self.procs.clear()
 
-    def pids(self) -> set[int]:
-        """The services' processes and every descendant of theirs, now."""
-        return {proc.pid for proc in self.procs.values()} | {
-            p.pid for proc in self.procs.values() for p in _descendants(proc.pid)
-        }
-
     def __enter__(self) -> Services:
         return self
 
