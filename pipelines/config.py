@@ -332,7 +332,13 @@ class TrainConfig(_Section):
     # bounded whatever the size of the data.
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
     cache_memory_mb: Annotated[int, Field(ge=0)] = 512
-    mixed_precision: bool = True  # only ever applied on GPUs
+    # Mixed precision on GPUs (CPUs always train in float32): off, since this model is too small
+    # to gain: bf16 measured 3x slower on an H200 (docs/gpu.md).
+    mixed_precision: bool = False
+    # The Keras backend the core trains under: tensorflow (in the step's process, MirroredStrategy
+    # over several devices) or jax (a subprocess fed by the same tf.data pipeline, DataParallel over
+    # several devices; docs/gpu.md). The saved model is the same TensorFlow-loadable model either way.
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
     seed: int = 42
     # Where Airflow runs the train task: the Celery queue (a GPU worker listens on
     # ``gpu``) and the pool that caps concurrent trainings (create it first:

@@ -14,6 +14,10 @@
 * The *core* model takes those two tensors and returns the delay
   probability: a wide (linear) part over every id and value plus a small deep
   part (embeddings, dense layers). It is built and fitted inside the strategy.
+  Its code is in :mod:`pipelines.model.core`, which needs no TensorFlow: with
+  ``train.backend: jax`` it trains under Keras' JAX backend in a subprocess
+  (:mod:`pipelines.model.jax_fit`) and its weights come back to the same
+  TensorFlow-backend model.
 * :func:`compose_model` joins the two into the *full* model, raw features in
   and probability out, which is what is saved, evaluated and served: the same
   preprocessing layers run in training and serving, so there is no skew.
@@ -26,40 +30,55 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.config import DatasetConfig, TrainConfig
+from pipelines.model.core import IDS, NUMERIC  # the preprocessing model's outputs, the core's inputs
 
 log = logging.getLogger(__name__)
-
-NUMERIC = "numeric"  # the preprocessing model's outputs, the core model's inputs
-IDS = "ids"
 
 
 @dataclass(frozen=True)
 class Hardware:
-    strategy: Any  # a tf.distribute.Strategy
+    strategy: Any  # a tf.distribute.Strategy; None under JAX (the training subprocess distributes)
     strategy_name: str
     devices: list[str]
     precision: str  # Keras dtype policy name
+    backend: str = "tensorflow"  # the Keras backend the core trains under (train.backend)
+    env: dict[str, str] = field(default_factory=dict)  # for the JAX training subprocess (e.g. XLA_FLAGS)
+
+    @property
+    def replicas(self) -> int:
+        """Devices a global batch is split over."""
+        return self.strategy.num_replicas_in_sync if self.strategy is not None else len(self.devices)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy_name,
             "devices": ",".join(self.devices),
-            "replicas": self.strategy.num_replicas_in_sync,
+            "replicas": self.replicas,
             "precision": self.precision,
         }
 
 
-def select_hardware(mixed_precision: bool = True, devices: list[str] | None = None) -> Hardware:
-    """Pick the distribution strategy and precision for the visible devices.
+def select_hardware(
+    mixed_precision: bool = False, devices: list[str] | None = None, backend: str = "tensorflow"
+) -> Hardware:
+    """Pick the distribution and precision for the visible devices.
 
-    Several GPUs (or several ``devices`` given explicitly, e.g. logical CPUs in
-    tests): ``MirroredStrategy`` over all of them. One GPU: that GPU. None: the
-    default strategy on the CPU. Mixed precision is applied on GPUs only.
+    TensorFlow: several GPUs (or several ``devices`` given explicitly, e.g. logical
+    CPUs in tests): ``MirroredStrategy`` over all of them. One GPU: that GPU. None: the
+    default strategy on the CPU. Mixed precision (float16) is applied on GPUs only.
+
+    JAX (:func:`pipelines.model.jax_fit.jax_hardware`): Keras' ``DataParallel`` over JAX's devices, in the
+    training subprocess; TensorFlow, which then only runs the input pipeline, is kept
+    off the GPUs here so that JAX gets their memory.
     """
+    if backend == "jax":
+        from pipelines.model.jax_fit import jax_hardware
+
+        return jax_hardware(mixed_precision, devices)
     import keras
     import tensorflow as tf
 
@@ -400,14 +419,23 @@ def build_preprocessing(
     return keras.Model(inputs=inputs, outputs={NUMERIC: numeric_out, IDS: ids_out}, name="preprocessing")
 
 
+def core_shape(preprocessing: Any):
+    """The core's input widths (:class:`pipelines.model.core.CoreShape`) from the preprocessing model."""
+    from pipelines.model.core import CoreShape
+
+    id_layer = preprocessing.get_layer(IDS)
+    return CoreShape(
+        numeric_width=int(preprocessing.output[NUMERIC].shape[-1]),
+        id_columns=len(id_layer.column_sizes),
+        id_rows=int(id_layer.total_size),
+    )
+
+
 def build_core_model(preprocessing: Any, cfg: TrainConfig, steps_per_epoch: int | None = None):
     """The compiled trainable part: ``{"numeric", "ids"}`` -> delay probability.
 
-    One embedding table serves every id column. The deep part concatenates the
-    (noised, in training) numeric values with the embeddings and runs them
-    through ``hidden_units`` ReLU layers; with ``wide``, a linear model over the
-    same values and one weight per id adds to its logit. Build it inside the
-    distribution strategy's scope.
+    :func:`pipelines.model.core.build_core` (importable without TensorFlow) over the
+    input widths of ``preprocessing``. Build it inside the distribution strategy's scope.
 
     Args:
         preprocessing: the model from :func:`build_preprocessing` (for the input widths and id range).
@@ -415,46 +443,9 @@ def build_core_model(preprocessing: Any, cfg: TrainConfig, steps_per_epoch: int 
         steps_per_epoch: batches per epoch; with it, the learning rate decays
             along a cosine over ``cfg.epochs`` epochs (``cfg.cosine_decay``).
     """
-    import keras
+    from pipelines.model.core import build_core
 
-    n_numeric = preprocessing.output[NUMERIC].shape[-1]
-    id_layer = preprocessing.get_layer(IDS)
-    numeric = keras.Input(shape=(n_numeric,), dtype="float32", name=NUMERIC)
-    ids = keras.Input(shape=(len(id_layer.column_sizes),), dtype="int64", name=IDS)
-    emb = keras.layers.Embedding(id_layer.total_size, cfg.embedding_dim, name="embeddings")(ids)
-    x = numeric
-    if cfg.input_noise:
-        x = keras.layers.GaussianNoise(cfg.input_noise, seed=cfg.seed, name="input_noise")(x)
-    x = keras.layers.Concatenate(name="features")([x, keras.layers.Flatten(name="flat_embeddings")(emb)])
-    for i, units in enumerate(cfg.hidden_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-        if cfg.dropout:
-            x = keras.layers.Dropout(cfg.dropout, seed=cfg.seed + i, name=f"dropout_{i}")(x)
-    logit = keras.layers.Dense(1, name="deep_logit")(x)
-    if cfg.wide:
-        # A linear model over every id and scaled value, beside the deep part (wide & deep):
-        # its weights are the convex, stable part of the fit.
-        wide_ids = keras.layers.Embedding(id_layer.total_size, 1, embeddings_initializer="zeros", name="wide_weights")(
-            ids
-        )
-        wide = keras.layers.Concatenate(name="wide_features")(
-            [numeric, keras.layers.Flatten(name="flat_wide")(wide_ids)]
-        )
-        logit = keras.layers.Add(name="logit")([logit, keras.layers.Dense(1, name="wide_logit")(wide)])
-    out = keras.layers.Activation("sigmoid", dtype="float32", name="delay_probability")(logit)
-    core = keras.Model(inputs={NUMERIC: numeric, IDS: ids}, outputs=out, name="core")
-
-    learning_rate: Any = cfg.learning_rate
-    if cfg.cosine_decay and steps_per_epoch:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch, alpha=0.05
-        )
-    core.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
-    return core
+    return build_core(core_shape(preprocessing), cfg, steps_per_epoch)
 
 
 def compose_model(preprocessing: Any, core: Any):

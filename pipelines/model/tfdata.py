@@ -95,6 +95,14 @@ def _permute_rows(seed: Any, element: Any):
     return tf.nest.map_structure(lambda t: tf.gather(t, order), element)
 
 
+def _cut_to_multiple(batch: Any, multiple: int):
+    """The first ``rows - rows % multiple`` rows of every tensor of ``batch``."""
+    import tensorflow as tf
+
+    rows = tf.shape(tf.nest.flatten(batch)[0])[0]
+    return tf.nest.map_structure(lambda t: t[: rows - rows % multiple], batch)
+
+
 def make_dataset(
     files: Sequence[str],
     spec: DatasetConfig,
@@ -110,6 +118,7 @@ def make_dataset(
     cache: bool | str = False,
     repeat: bool = False,
     preprocess: Callable[[dict[str, Any]], Any] | None = None,
+    batch_multiple: int = 1,
 ):
     """A ``tf.data.Dataset`` of ``(features, label)`` batches; features map name -> (batch,) tensor.
 
@@ -132,6 +141,9 @@ def make_dataset(
         repeat: repeat the data indefinitely.
         preprocess: a row-wise map from a block's raw features to model tensors
             (a dict of ``(rows, ...)`` tensors); the batches then hold its outputs.
+        batch_multiple: every batch's rows a multiple of this: the last batch loses its
+            last ``rows % batch_multiple`` rows (JAX's ``DataParallel`` splits each batch
+            evenly over its devices; TensorFlow's strategies need no such cut).
     """
     import tensorflow as tf
 
@@ -163,6 +175,9 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.rebatch(batch_size)
+    if batch_multiple > 1:
+        ds = ds.map(lambda *b: _cut_to_multiple(b, batch_multiple), num_parallel_calls=threads, deterministic=deterministic)
+        ds = ds.filter(lambda *b: tf.shape(tf.nest.flatten(b)[0])[0] > 0)
     options = tf.data.Options()
     options.deterministic = deterministic
     options.autotune.enabled = False  # fixed parallelism (see the module docstring)

@@ -5,7 +5,9 @@ features) runs in the tf.data pipeline; the core model (embeddings, dense
 layers) is built inside the distribution strategy and fitted on its outputs,
 so multi-device training never sees a string tensor. The two are then
 composed into the full model (raw features in, probability out), which is
-what ``model.keras`` holds.
+what ``model.keras`` holds. With ``train.backend: jax`` the core is fitted
+under Keras' JAX backend in a subprocess fed by the same pipeline, and its
+weights come back into the same TensorFlow-backend model before it is saved.
 
 Checkpoints go to the run's own folder (Keras ``BackupAndRestore``, the
 previous epoch's kept too), so a retried task resumes from its last completed
@@ -15,6 +17,7 @@ the validation AUC and restores the best weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -156,7 +159,9 @@ def fit_model(
         cfg: the ``train`` section: epochs, batch size, model shape, cache, seed.
         processed_dir: the output of :func:`pipelines.steps.preprocess.preprocess`.
         hardware: from :func:`pipelines.model.network.select_hardware`; the global
-            batch is ``train.batch_size`` per replica times the replicas.
+            batch is ``train.batch_size`` per replica times the replicas. Its backend
+            ``jax`` fits the core in a JAX subprocess (:mod:`pipelines.model.jax_fit`),
+            fed by the same input pipeline, and loads the weights it ends with.
         callbacks: Keras callbacks besides early stopping (checkpoints, logging).
         cache_dir: where a disk cache (``train.cache``) goes, in a folder of its own
             removed when fitting ends; None: the system's temporary folder.
@@ -172,9 +177,9 @@ def fit_model(
 
     manifest = load_manifest(processed_dir)
     stats = json.loads((processed_dir / STATS_FILE).read_text())
-    replicas = hardware.strategy.num_replicas_in_sync
+    replicas = hardware.replicas
     global_batch = cfg.batch_size * replicas
-    log.info("training on %s, global batch %d", hardware.as_dict(), global_batch)
+    log.info("training on %s under %s, global batch %d", hardware.as_dict(), hardware.backend, global_batch)
 
     splits = manifest["splits"]
     boundaries = load_boundaries(dataset, cfg, processed_dir, stats)
@@ -185,41 +190,62 @@ def fit_model(
             shutil.rmtree(stale, ignore_errors=True)
     cache_files = Path(tempfile.mkdtemp(prefix="tfdata-cache-", dir=cache_dir))
 
-    def split_dataset(split: str, **kwargs: Any):
+    def split_args(split: str, **kwargs: Any) -> dict[str, Any]:
+        """``make_dataset``'s arguments for a split, but the spec and the preprocessing (the same under both backends)."""
         plan = cache_plan(cfg.cache, splits[split]["rows"], row_bytes, cfg.cache_memory_mb)
         log.info("%s split: %d rows, cache %s (train.cache: %s)", split, splits[split]["rows"], plan, cfg.cache)
-        return make_dataset(
-            splits[split]["tfrecords"],
-            dataset,
-            _batch_size(splits[split]["rows"], global_batch, replicas),
+        return dict(
+            files=list(splits[split]["tfrecords"]),
+            batch_size=_batch_size(splits[split]["rows"], global_batch, replicas),
             compression=preprocess_cfg.compression,
             rows_per_record=preprocess_cfg.rows_per_record,
             deterministic=cfg.deterministic,
             cache={"memory": True, "off": False, "disk": str(cache_files / split)}[plan],
-            preprocess=preprocessing,
             **kwargs,
         )
 
-    train_ds = split_dataset("train", shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
-    val_ds = split_dataset("validation")
-    with hardware.strategy.scope():
-        core = build_core_model(preprocessing, cfg, steps_per_epoch=-(-splits["train"]["rows"] // global_batch))
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
-    )
+    train_args = split_args("train", shuffle=True, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    val_args = split_args("validation")
+    steps_per_epoch = -(-splits["train"]["rows"] // global_batch)
     started = time.perf_counter()
     try:
-        history = core.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
-            verbose=0,
-        )
+        if hardware.backend == "jax":
+            from pipelines.model.core import CoreParams
+            from pipelines.model.jax_fit import fit_core_jax
+            from pipelines.model.network import core_shape
+
+            core = build_core_model(preprocessing, cfg, steps_per_epoch)  # receives the weights trained under JAX
+            job = {
+                # DataParallel splits every batch evenly over the devices: each a multiple of them.
+                "splits": {name: {**args, "batch_multiple": replicas} for name, args in (("train", train_args), ("validation", val_args))},
+                "dataset": dataset.model_dump(mode="json", by_alias=True),
+                "params": CoreParams.of(cfg).as_dict(),
+                "shape": dataclasses.asdict(core_shape(preprocessing)),
+                "steps_per_epoch": steps_per_epoch,
+                "patience": cfg.early_stopping_patience,
+                "seed": cfg.seed,
+            }
+            callbacks = [*(callbacks or []), _epoch_log_callback(cfg.epochs)]
+            history = fit_core_jax(preprocessing, core, job, cache_files / "jax", hardware, callbacks)
+        else:
+            train_ds = make_dataset(spec=dataset, preprocess=preprocessing, **train_args)
+            val_ds = make_dataset(spec=dataset, preprocess=preprocessing, **val_args)
+            with hardware.strategy.scope():
+                core = build_core_model(preprocessing, cfg, steps_per_epoch=steps_per_epoch)
+            early_stopping = keras.callbacks.EarlyStopping(
+                monitor="val_auc", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True
+            )
+            history = core.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
+                verbose=0,
+            ).history
     finally:
         shutil.rmtree(cache_files, ignore_errors=True)
     seconds = time.perf_counter() - started
-    return compose_model(preprocessing, core), history.history, seconds
+    return compose_model(preprocessing, core), history, seconds
 
 
 def train(
@@ -253,7 +279,7 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    hardware = select_hardware(cfg.mixed_precision)
+    hardware = select_hardware(cfg.mixed_precision, backend=cfg.backend)
 
     run_id = get_or_create_run(tracking)
     client = mlflow.MlflowClient(tracking.tracking_uri)
