@@ -1,9 +1,9 @@
 # One image for every Airflow component and the MLflow server.
 #
 #   docker build -t mlops:cpu .                  # default target: cpu (the last stage)
-#   docker build -t mlops:gpu --target gpu .     # TensorFlow with CUDA, for the `gpu` Celery queue
+#   docker build -t mlops:gpu --target gpu .     # TensorFlow and JAX with CUDA, for the `gpu` Celery queue
 #
-# Both targets install the same lock file; only the TensorFlow distribution differs.
+# Both targets install the same lock file; the gpu target adds the CUDA builds of TensorFlow and JAX.
 
 FROM python:3.11-slim-bookworm AS base
 
@@ -44,11 +44,14 @@ COPY .dvc/config .dvc/.gitignore /opt/project/.dvc/
 
 
 FROM base AS gpu
-# `tensorflow[and-cuda]` pulls the CUDA and cuDNN runtime as pip wheels, so a
+# The CUDA builds of both training backends (train.backend, docs/gpu.md):
+# `tensorflow[and-cuda]` for tensorflow, `jax[cuda12]` (JAX's CUDA 12 plugin, over
+# the lock's CPU jax/jaxlib of the same version) for jax. Both pull the CUDA and
+# cuDNN runtime as pip wheels (one set, resolved together against the lock), so a
 # slim Python base plus the host's NVIDIA driver (NVIDIA Container Toolkit) is
 # enough; no CUDA base image is needed.
 RUN grep -v '^tensorflow-cpu==' /tmp/requirements.lock > /tmp/requirements-gpu.lock \
-    && uv pip install --system -r /tmp/requirements-gpu.lock 'tensorflow[and-cuda]==2.21.0'
+    && uv pip install --system -r /tmp/requirements-gpu.lock 'tensorflow[and-cuda]==2.21.0' 'jax[cuda12]==0.10.2'
 COPY --from=project --chown=airflow:0 /opt/project /opt/project
 WORKDIR /opt/project
 USER airflow

@@ -273,6 +273,11 @@ def test_dockerfile_installs_the_lock_into_cpu_and_gpu_targets() -> None:
     assert tensorflow, "tensorflow-cpu is not pinned in the lock"
     assert "grep -v '^tensorflow-cpu=='" in stages["gpu"]
     assert f"'tensorflow[and-cuda]=={tensorflow[1]}'" in stages["gpu"]
+    # ... and adds JAX's CUDA plugin over the lock's CPU jax of the same version (train.backend: jax).
+    jax = re.search(r"^jax==(\S+)$", LOCK_FILE.read_text(), re.M)
+    assert jax, "jax is not pinned in the lock"
+    assert f"'jax[cuda12]=={jax[1]}'" in stages["gpu"]
+    assert "jax" not in stages["cpu"], "the cpu target installs the lock alone"
 
 
 def test_dockerfile_runs_as_airflow_with_the_project_layout() -> None:
