@@ -167,6 +167,10 @@ class TrainingStats:
             self.positives += int(part[LABEL].sum())
         self.rows += n
 
+    def add_empty_day(self, day: dt.date) -> None:
+        """Count a published day without rows: a sparse source's usual volume includes zero."""
+        self._per_day.setdefault(pd.Timestamp(day), 0)
+
     def stats(self) -> dict[str, Any]:
         """``stats.json``: imputation and scaling statistics, quantiles and vocabularies."""
         levels = np.linspace(0.0, 1.0, QUANTILE_LEVELS)
@@ -370,6 +374,9 @@ def preprocess(dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end
     schema = _output_schema(window_schema, keep)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = TrainingStats(spec, expected["train"], cfg.quantile_sample_rows)
+    for d, n in zip(days, rows, strict=True):
+        if not n and pd.Timestamp(d) < bounds.validation_start:
+            stats.add_empty_day(d)
     sinks = {name: _SplitSink(spec, cfg, out_dir, name, schema, expected[name]) for name in SPLITS}
     try:
         for part_paths in _parts(paths, rows, cfg.chunk_rows):

@@ -280,6 +280,18 @@ def test_stats_follow_a_change_in_the_train_split(processed: Processed, tmp_path
     assert stats["label_rate"] > processed.stats["label_rate"]
 
 
+def test_learnt_daily_volume_counts_the_empty_days(processed: Processed, tmp_path: Path) -> None:
+    """A sparse source publishes days without rows: the usual volume the gate learns includes zero."""
+    raw = _raw_copy(processed, tmp_path / "raw")
+    empty = [FIRST + dt.timedelta(days=i) for i in (1, 4, 9)]  # training days
+    _rewrite(raw, empty, lambda frame: frame.iloc[:0])
+    preprocess(processed.params.dataset, processed.params.preprocess, raw, END, tmp_path / "out")
+    learnt = json.loads((tmp_path / "out" / "reference.json").read_text(encoding="utf-8"))["rows_per_day"]
+    assert learnt["min"] == 0 and learnt["p01"] == 0.0
+    before = json.loads((processed.out / "reference.json").read_text(encoding="utf-8"))["rows_per_day"]
+    assert before["min"] > 0 and learnt["max"] == before["max"]
+
+
 # --------------------------------------------------------------------------- errors
 
 
