@@ -11,7 +11,7 @@ Two commands (docs/gpu.md has the exact device call and what it carries)::
 and holdout splits of a real run's processed data (default: the benchmarks' prepared
 year, ``benchmarks/data.py``), and writes the model's input tensors (``numeric``
 float32, ``ids`` int16: fewer than 32,768 ids), the labels, the core's input widths
-and ``train`` parameters, compressed (about 40 MiB for the year), then trains the
+and ``train`` parameters, compressed (8.7 MiB for the year), then trains the
 same core here on the same arrays, as ``run`` does, for the reference AUC.
 
 ``run`` needs no TensorFlow and no ``pipelines.config``: it imports
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--batches", default=",".join(map(str, BATCHES)))
         p.add_argument("--precisions", default=",".join(PRECISIONS))
         p.add_argument("--epochs", type=int, default=8)
-        p.add_argument("--budget-s", type=float, default=100.0, help="per platform; what would start later is skipped")
+        p.add_argument("--budget-s", type=float, default=90.0, help="per platform; what would start later is skipped")
         if name == "run":
             p.add_argument("--platforms", default="gpu,cpu")
             p.add_argument("--out", type=Path, help="also write gpu_check.json and gpu_check.md here")

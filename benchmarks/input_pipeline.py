@@ -1,6 +1,7 @@
 """The tf.data input pipeline against what training consumes, and against an in-memory baseline.
 
     .venv/bin/python -m benchmarks.input_pipeline [--scales 1,10] [--epochs 2]
+    .venv/bin/python -m benchmarks.input_pipeline per-core [--cores 1,2] [--batches 2048,16384]
 
 On the prepared year (benchmarks/data.py), at each growth factor, each
 measurement in its own process (peak RSS is that process's ``VmHWM``; "+" is
@@ -90,6 +91,62 @@ def child_input(params_file: str, processed: str, with_model_preprocessing: str)
             "peak_rss": self_peak_rss(), "base_rss": base}
 
 
+def child_per_core(params_file: str, processed: str, cores: int, batch: int) -> dict:
+    """The input pipeline as training builds it, on ``cores`` CPUs: uncached and cached examples/s.
+
+    The affinity is set before TensorFlow starts, so tf.data sizes its parallel stages
+    (``pipelines.model.tfdata.cpu_threads``) and TensorFlow its thread pools to it.
+    """
+    import os
+
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+    from pipelines.model.tfdata import make_dataset
+
+    params, _, manifest, preprocessing = _setup(params_file, processed)
+    cfg = params.train
+
+    def epochs(cache: bool, n: int) -> tuple[int, list[float]]:
+        ds = make_dataset(
+            manifest["splits"]["train"]["tfrecords"], params.dataset, batch,
+            compression=params.preprocess.compression, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
+            rows_per_record=params.preprocess.rows_per_record, seed=cfg.seed,
+            deterministic=cfg.deterministic, cache=cache, preprocess=preprocessing,
+        )  # fmt: skip
+        seconds = []
+        for _ in range(n):
+            t0, rows = time.perf_counter(), 0
+            for _, y in ds:
+                rows += int(y.shape[0])
+            seconds.append(time.perf_counter() - t0)
+        return rows, seconds
+
+    rows, uncached = epochs(False, 2)  # the first pass also instantiates the pipeline's functions
+    _, cached = epochs(True, 3)  # the first pass fills the cache
+    return {
+        "cores": len(os.sched_getaffinity(0)), "batch": batch, "rows": rows,
+        "uncached_per_s": rows / min(uncached), "cached_per_s": rows / min(cached[1:]), "peak_rss": self_peak_rss(),
+    }  # fmt: skip
+
+
+def per_core(scale: int, cores: list[int], batches: list[int]) -> int:
+    """What the input delivers per CPU core (parse + preprocessing, uncached and cached), for docs/gpu.md."""
+    pf, processed = (str(x) for x in prepared(scale))
+    raw: dict = {"machine": machine(), "results": []}
+    rows = []
+    for batch in batches:
+        for n in cores:
+            r = _child("per_core", pf, processed, str(n), str(batch))
+            raw["results"].append(r)
+            rows.append([f"{batch:,}", str(r["cores"]), f"{r['uncached_per_s']:,.0f}", f"{r['uncached_per_s'] / r['cores']:,.0f}",
+                         f"{r['cached_per_s']:,.0f}", f"{r['cached_per_s'] / r['cores']:,.0f}"])  # fmt: skip
+            print(json.dumps(r), flush=True)
+    table = markdown_table(["batch", "cores", "uncached examples/s", "per core", "cached examples/s", "per core"], rows)
+    notes = ["- uncached: TFRecord parsing and the model's preprocessing every epoch (train.cache off, or the first epoch);"
+             " cached: the epochs after the first, from the in-memory cache of preprocessed blocks."]
+    report("input_per_core", "Input pipeline per CPU core (for sizing a GPU worker, docs/gpu.md)", command_line(), table, raw, notes)
+    return 0
+
+
 def child_train_step(params_file: str, processed: str, policy: str) -> dict:
     import keras
 
@@ -177,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs="*")
     p.add_argument("--scales", default="1,10")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--cores", default="1,2", help="per-core: CPUs the pipeline may use, each measured alone")
+    p.add_argument("--batches", default="2048,16384", help="per-core: batch sizes")
     args = p.parse_args(argv)
     if args.what == "child":
         kind, *rest = args.args
-        fn = {"input": child_input, "train_step": child_train_step, "fit": child_fit}[kind]
+        fn = {"input": child_input, "train_step": child_train_step, "fit": child_fit, "per_core": child_per_core}[kind]
         print(json.dumps(fn(*[int(a) if a.isdigit() else a for a in rest])))
         return 0
     scales = [int(s) for s in args.scales.split(",")]
+    if args.what == "per-core":
+        return per_core(scales[0], [int(c) for c in args.cores.split(",")], [int(b) for b in args.batches.split(",")])
     raw: dict = {"machine": machine(), "epochs": args.epochs}
     rows = []
     for scale in scales:
