@@ -131,9 +131,10 @@ def batch_predict(
     else:
         with use_tracking(tracking_uri):
             model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        inputs = as_signature(frame[list(spec.features.all)], model.metadata.get_input_schema())
         scores = [
-            model.predict(frame.iloc[lo : lo + cfg.batch_rows][list(spec.features.all)])[PROBABILITY].to_numpy()
-            for lo in range(0, len(frame), cfg.batch_rows)
+            model.predict(inputs.iloc[lo : lo + cfg.batch_rows])[PROBABILITY].to_numpy()
+            for lo in range(0, len(inputs), cfg.batch_rows)
         ]
     proba = pd.Series(np.concatenate(scores) if scores else [], dtype="float32", index=frame.index)
     out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
@@ -164,6 +165,37 @@ def batch_predict(
         "input_fingerprint": fingerprint,
         "input_warnings": [f.line() for f in report.warnings],
     }
+
+
+def as_signature(frame: pd.DataFrame, schema: Any) -> pd.DataFrame:
+    """The rows with the numeric dtypes the model's signature names, where pandas holds them otherwise.
+
+    A files source reads int columns as nullable ``Int64`` (:mod:`pipelines.data.daily_files`), while
+    the training split read back from Parquet holds an int column with gaps as float64, which the
+    signature records as double; MLflow refuses to convert either way on its own.
+
+    Args:
+        frame: the feature columns.
+        schema: the model's input schema (``model.metadata.get_input_schema()``), or None.
+
+    Returns:
+        The frame, its integer columns cast to float64 where the signature says double or float,
+        and its nullable integer columns without gaps to int64 where it says long or integer.
+    """
+    from mlflow.types import DataType
+
+    if schema is None:
+        return frame
+    out = frame.copy()
+    for col in schema.inputs:
+        name, kind = getattr(col, "name", None), getattr(col, "type", None)
+        if name not in out or not pd.api.types.is_integer_dtype(out[name]):
+            continue
+        if kind in (DataType.double, DataType.float):
+            out[name] = out[name].astype("float64")
+        elif kind in (DataType.long, DataType.integer) and not out[name].isna().any():
+            out[name] = out[name].astype("int64")
+    return out
 
 
 def upsert(frame: pd.DataFrame, sink: SqlSink, keys: list[str]) -> int:
