@@ -252,6 +252,7 @@ def test_bad_batch_through_the_dag_stops_everything_downstream(feed, flights_day
             "detail": findings[0]["detail"],
             "check": "ranges",
             "severity": "stop",
+            "escalated": False,
         }
     ]
     assert not settings.raw_dir.exists() or not any(settings.raw_dir.iterdir())
