@@ -11,8 +11,8 @@ root; each must exit 0. Options in the marker, in parentheses:
 * ``needs: make airflow-ui``: that server runs (and is ready) while the block runs.
 
 What the environment changes, and nothing else: free ports (``MLOPS_*_PORT``), a DVC remote in the
-temporary folder, ``DATE`` and ``CONF`` for ``make pipeline`` (a short window and one epoch: the
-README's own options), and no nightly runs from the schedule (an unpaused training DAG would
+temporary folder, ``DATE`` and ``CONF`` for ``make pipeline`` (the README's own example of a short
+run, its model promoted by force as the full year's is on its merits), and no nightly runs from the schedule (an unpaused training DAG would
 otherwise add tonight's run beside the journey's).
 """
 
@@ -46,7 +46,12 @@ SERVERS = {
     "make mlflow-ui": ("MLOPS_MLFLOW_PORT", "/health"),
     "make serve": ("MLOPS_SERVE_PORT", "/ready"),
 }
-QUICK = {"DATE": "2013-06-30", "CONF": '{"epochs": 3, "training_window_days": 90}'}  # the README's own example
+# The README's own example, with the promotion forced: a short run's model need not beat the baseline
+# (the full year's does), and the rollback journey needs it to be the champion before the operator's.
+QUICK = {
+    "DATE": "2013-06-30",
+    "CONF": '{"epochs": 3, "training_window_days": 90, "force_promotion": true, "promotion_reason": "README journeys: a short run"}',
+}
 
 
 @dataclass(frozen=True)
