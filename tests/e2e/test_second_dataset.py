@@ -162,3 +162,14 @@ def test_monitoring_dag_night(dag_runs) -> None:
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     assert not [t for t, s in states.items() if s == "failed"], states
+
+
+def test_the_docs_page_shows_these_params(tmp_path: Path) -> None:
+    """docs/your-own-table.md's params file is the one this module runs (files under /landing)."""
+    from pipelines.config import load_params
+
+    text = (REPO / "docs" / "your-own-table.md").read_text(encoding="utf-8")
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == events_params(Path("/landing"))
+    (tmp_path / "params.yaml").write_text(block, encoding="utf-8")
+    assert load_params(tmp_path / "params.yaml").dataset.key_columns == ()
