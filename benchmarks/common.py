@@ -179,19 +179,22 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
 
 def report(name: str, title: str, command: str, table: str, raw: dict, notes: Sequence[str] = ()) -> str:
     """Print a result block and write it to ``benchmarks/results/<name>.md`` (and ``.json``)."""
-    text = "\n".join(
-        [
-            f"### {title}",
-            "",
-            f"Command: `{command}`  ",
-            f"Machine: {raw.get('machine', machine())}  ",
-            f"Date: {raw.get('measured', f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC')}",
-            "",
-            table,
-            "",
-            *notes,
-        ]
-    ).rstrip() + "\n"
+    text = (
+        "\n".join(
+            [
+                f"### {title}",
+                "",
+                f"Command: `{command}`  ",
+                f"Machine: {raw.get('machine', machine())}  ",
+                f"Date: {raw.get('measured', f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC')}",
+                "",
+                table,
+                "",
+                *notes,
+            ]
+        ).rstrip()
+        + "\n"
+    )
     print("\n" + text, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)

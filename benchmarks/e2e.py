@@ -153,7 +153,13 @@ def run_airflow(mode: str, date: str, port: int, code_dir: Path, keep: bool) -> 
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     migrated = time.perf_counter() - started
-    out: dict = {"mode": mode, "code": str(code_dir), "state": str(state), "migrate_s": migrated, "mlflow_init_s": mlflow_init_s}
+    out: dict = {
+        "mode": mode,
+        "code": str(code_dir),
+        "state": str(state),
+        "migrate_s": migrated,
+        "mlflow_init_s": mlflow_init_s,
+    }
     nights = [(dt.date.fromisoformat(date) - dt.timedelta(days=1)).isoformat(), date]
     runs = []
     with PeakSampler(_label) as sampler:
@@ -195,9 +201,12 @@ def _dag_run(cluster: Any, mode: str, night: str) -> dict:
         cluster.airflow("dags", "pause", DAG_ID, check=False)
     rows = cluster._query(
         "SELECT id, task_id, start_date, end_date, state FROM task_instance WHERE dag_id = :d AND run_id = :r",
-        d=DAG_ID, r=run_id,
+        d=DAG_ID,
+        r=run_id,
     )
-    run_row = cluster._query("SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=DAG_ID, r=run_id)[0]
+    run_row = cluster._query(
+        "SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=DAG_ID, r=run_id
+    )[0]
     return {"run_id": run_id, "night": night, "state_": state_, "rows": rows, "run_row": run_row}
 
 
@@ -269,7 +278,10 @@ def run_cli(date: str, keep: bool) -> dict:
             t0 = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "benchmarks.e2e", "cli-child", "--date", night, "--out", str(result_file)],
-                env=env, cwd=REPO, capture_output=True, text=True,
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
             )
             wall = time.perf_counter() - t0
         if done.returncode != 0:
@@ -368,7 +380,10 @@ def _table(results: dict[str, dict]) -> str:
             if not res["services_ready_s"]:
                 start += ["(running)", ""]  # the next night finds the services up
             else:
-                start += [f"{res['services_ready_s']:.1f} (services)", mib(max(res["services_rss"].values(), default=0))]
+                start += [
+                    f"{res['services_ready_s']:.1f} (services)",
+                    mib(max(res["services_rss"].values(), default=0)),
+                ]
     rows.append(start)
     # The whole process tree's peak, as the machine pays it (PSS: shared pages counted once).
     tree = ["**peak memory, whole tree (PSS)**"]
@@ -451,7 +466,9 @@ def _spread(raw: dict) -> list[str]:
         key = "steps_s" if mode == "cli" else "dag_run_s"
         first = ", ".join(f"{r[key]:.1f}" for r in runs)
         following = ", ".join(f"{r['next'][key]:.1f}" for r in runs if "next" in r)
-        notes.append(f"- {mode}, each of {len(runs)} repeats ({key}): first run {first} s; next night {following} s (tables: medians)")
+        notes.append(
+            f"- {mode}, each of {len(runs)} repeats ({key}): first run {first} s; next night {following} s (tables: medians)"
+        )
     return notes
 
 
@@ -487,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("mode", nargs="?", default="bench", choices=["bench", "cli-child"])
     p.add_argument("--modes", default="warm,cli", help="base, cold, warm, cli (see the module docstring)")
-    p.add_argument("--base-rev", default="db4c45e^", help="the code of 'base': before the step worker and the step fixes")
+    p.add_argument(
+        "--base-rev", default="db4c45e^", help="the code of 'base': before the step worker and the step fixes"
+    )
     p.add_argument("--date", default="2013-12-30")
     p.add_argument("--port", type=int, default=18120, help="Airflow API port (18120-18139 are this suite's)")
     p.add_argument("--code", type=Path, default=REPO, help="run the DAG and steps from this copy of the code")
@@ -495,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--name", default="e2e")
     p.add_argument("--from-json", type=Path, help="print the table again from a run's raw figures")
-    p.add_argument("--repeat", type=int, default=1, help="run every mode this many times (interleaved); tables show medians")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run every mode this many times (interleaved); tables show medians"
+    )
     args = p.parse_args(argv)
     if args.mode == "cli-child":
         return cli_child(args.date, args.out)

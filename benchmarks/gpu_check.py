@@ -201,7 +201,10 @@ def measure(data: Path, platform: str, batches: list[int], precisions: list[str]
     import keras
 
     devices = jax.devices()
-    print(f"{platform}: JAX {jax.__version__}, Keras {keras.__version__} ({keras.backend.backend()}), {devices}", flush=True)
+    print(
+        f"{platform}: JAX {jax.__version__}, Keras {keras.__version__} ({keras.backend.backend()}), {devices}",
+        flush=True,
+    )
     arrays, meta = load_arrays(data)
     started = time.perf_counter()
     for precision in precisions:
@@ -214,7 +217,15 @@ def measure(data: Path, platform: str, batches: list[int], precisions: list[str]
             print(RESULT_PREFIX + json.dumps(row), flush=True)
 
 
-def run(data: Path, out: Path | None, platforms: list[str], batches: list[int], precisions: list[str], epochs: int, budget_s: float) -> list[dict[str, Any]]:
+def run(
+    data: Path,
+    out: Path | None,
+    platforms: list[str],
+    batches: list[int],
+    precisions: list[str],
+    epochs: int,
+    budget_s: float,
+) -> list[dict[str, Any]]:
     """Each platform in a process of its own; the table of results, also in ``out`` if given."""
     meta = json.loads((data / META).read_text(encoding="utf-8"))
     rows: list[dict[str, Any]] = []
@@ -253,7 +264,9 @@ def _table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['platform']} | {r.get('device', '')} | {r.get('precision', '')} | {r.get('batch', '')} | {r['skipped']} | | | | |")
+            lines.append(
+                f"| {r['platform']} | {r.get('device', '')} | {r.get('precision', '')} | {r.get('batch', '')} | {r['skipped']} | | | | |"
+            )
             continue
         delta = r["holdout_auc"] - ref["holdout_auc"] if "holdout_auc" in ref else float("nan")
         lines.append(

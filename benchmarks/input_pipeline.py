@@ -73,10 +73,16 @@ def child_input(params_file: str, processed: str, with_model_preprocessing: str)
     cfg = params.train
     base = _rss()
     ds = make_dataset(
-        manifest["splits"]["train"]["tfrecords"], params.dataset, cfg.batch_size,
-        compression=params.preprocess.compression, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-        rows_per_record=params.preprocess.rows_per_record, seed=cfg.seed,
-        deterministic=cfg.deterministic, cache=with_model_preprocessing == "cached",
+        manifest["splits"]["train"]["tfrecords"],
+        params.dataset,
+        cfg.batch_size,
+        compression=params.preprocess.compression,
+        shuffle=True,
+        shuffle_buffer=cfg.shuffle_buffer,
+        rows_per_record=params.preprocess.rows_per_record,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        cache=with_model_preprocessing == "cached",
         preprocess=None if with_model_preprocessing == "no" else preprocessing,
     )
     epochs = []
@@ -87,8 +93,14 @@ def child_input(params_file: str, processed: str, with_model_preprocessing: str)
             n += int(y.shape[0])
         epochs.append(time.perf_counter() - t0)
     seconds = min(epochs[1:])
-    return {"examples": n, "seconds": seconds, "examples_per_s": n / seconds, "first_pass_s": epochs[0],
-            "peak_rss": self_peak_rss(), "base_rss": base}
+    return {
+        "examples": n,
+        "seconds": seconds,
+        "examples_per_s": n / seconds,
+        "first_pass_s": epochs[0],
+        "peak_rss": self_peak_rss(),
+        "base_rss": base,
+    }
 
 
 def child_per_core(params_file: str, processed: str, cores: int, batch: int) -> dict:
@@ -141,9 +153,18 @@ def per_core(scale: int, cores: list[int], batches: list[int]) -> int:
                          f"{r['cached_per_s']:,.0f}", f"{r['cached_per_s'] / r['cores']:,.0f}"])  # fmt: skip
             print(json.dumps(r), flush=True)
     table = markdown_table(["batch", "cores", "uncached examples/s", "per core", "cached examples/s", "per core"], rows)
-    notes = ["- uncached: TFRecord parsing and the model's preprocessing every epoch (train.cache off, or the first epoch);"
-             " cached: the epochs after the first, from the in-memory cache of preprocessed blocks."]
-    report("input_per_core", "Input pipeline per CPU core (for sizing a GPU worker, docs/gpu.md)", command_line(), table, raw, notes)
+    notes = [
+        "- uncached: TFRecord parsing and the model's preprocessing every epoch (train.cache off, or the first epoch);"
+        " cached: the epochs after the first, from the in-memory cache of preprocessed blocks."
+    ]
+    report(
+        "input_per_core",
+        "Input pipeline per CPU core (for sizing a GPU worker, docs/gpu.md)",
+        command_line(),
+        table,
+        raw,
+        notes,
+    )
     return 0
 
 
@@ -157,10 +178,19 @@ def child_train_step(params_file: str, processed: str, policy: str) -> dict:
     cfg = params.train
     keras.mixed_precision.set_global_policy(policy)
     steps = 60
-    batches = make_dataset(
-        manifest["splits"]["train"]["tfrecords"], params.dataset, cfg.batch_size,
-        compression=params.preprocess.compression, shuffle=True, seed=cfg.seed, preprocess=preprocessing,
-    ).take(steps).cache()
+    batches = (
+        make_dataset(
+            manifest["splits"]["train"]["tfrecords"],
+            params.dataset,
+            cfg.batch_size,
+            compression=params.preprocess.compression,
+            shuffle=True,
+            seed=cfg.seed,
+            preprocess=preprocessing,
+        )
+        .take(steps)
+        .cache()
+    )
     for _ in batches:  # fill the cache: what follows is the training step alone
         pass
     core = build_core_model(preprocessing, cfg, steps_per_epoch=steps)
@@ -169,7 +199,13 @@ def child_train_step(params_file: str, processed: str, policy: str) -> dict:
     core.fit(batches.repeat(), steps_per_epoch=steps, epochs=3, verbose=0)
     seconds = time.perf_counter() - t0
     n = 3 * steps * cfg.batch_size
-    return {"examples": n, "seconds": seconds, "examples_per_s": n / seconds, "policy": policy, "peak_rss": self_peak_rss()}
+    return {
+        "examples": n,
+        "seconds": seconds,
+        "examples_per_s": n / seconds,
+        "policy": policy,
+        "peak_rss": self_peak_rss(),
+    }
 
 
 def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
@@ -178,7 +214,11 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
     from pipelines.steps.preprocess import load_manifest
 
     params = load_params(params_file).with_overrides(
-        {"train.epochs": epochs, "train.early_stopping_patience": 1000, "train.cache": "off" if mode == "streaming-nocache" else "auto"}
+        {
+            "train.epochs": epochs,
+            "train.early_stopping_patience": 1000,
+            "train.cache": "off" if mode == "streaming-nocache" else "auto",
+        }
     )
     manifest = load_manifest(Path(processed))
     rows = manifest["splits"]["train"]["rows"]
@@ -191,7 +231,14 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=processed) as cache_dir:  # a disk cache beside the data, as in a run
-            _, _, seconds = fit_model(params.dataset, params.preprocess, params.train, Path(processed), select_hardware(False), cache_dir=Path(cache_dir))
+            _, _, seconds = fit_model(
+                params.dataset,
+                params.preprocess,
+                params.train,
+                Path(processed),
+                select_hardware(False),
+                cache_dir=Path(cache_dir),
+            )
     else:
         import keras
         import numpy as np
@@ -216,12 +263,24 @@ def child_fit(params_file: str, processed: str, mode: str, epochs: int) -> dict:
         core = build_core_model(preprocessing, params.train, steps_per_epoch=-(-rows // params.train.batch_size))
         t1 = time.perf_counter()
         core.fit(
-            arrays["train"][0], arrays["train"][1], batch_size=params.train.batch_size, epochs=epochs,
-            validation_data=arrays["validation"], shuffle=True, verbose=0,
+            arrays["train"][0],
+            arrays["train"][1],
+            batch_size=params.train.batch_size,
+            epochs=epochs,
+            validation_data=arrays["validation"],
+            shuffle=True,
+            verbose=0,
         )
         seconds = time.perf_counter() - t1 + load_s
-    return {"mode": mode, "rows": rows, "epochs": epochs, "seconds": seconds,
-            "examples_per_s": rows * epochs / seconds, "peak_rss": self_peak_rss(), "base_rss": base}
+    return {
+        "mode": mode,
+        "rows": rows,
+        "epochs": epochs,
+        "seconds": seconds,
+        "examples_per_s": rows * epochs / seconds,
+        "peak_rss": self_peak_rss(),
+        "base_rss": base,
+    }
 
 
 def _child(*args: str) -> dict:
@@ -261,20 +320,63 @@ def main(argv: list[str] | None = None) -> int:
             r[mode] = _child("fit", pf, processed, mode, str(args.epochs))
         print(json.dumps(r, indent=1), flush=True)
         label = f"x{scale} ({r['streaming']['rows']:,} training rows)"
-        rows.append([label, "input pipeline, iteration only: parse only", f"{r['input_raw']['examples_per_s']:,.0f}", mib(r["input_raw"]["peak_rss"])])
-        rows.append([label, "input pipeline, iteration only: parse + model preprocessing", f"{r['input']['examples_per_s']:,.0f}", mib(r["input"]["peak_rss"])])
+        rows.append(
+            [
+                label,
+                "input pipeline, iteration only: parse only",
+                f"{r['input_raw']['examples_per_s']:,.0f}",
+                mib(r["input_raw"]["peak_rss"]),
+            ]
+        )
+        rows.append(
+            [
+                label,
+                "input pipeline, iteration only: parse + model preprocessing",
+                f"{r['input']['examples_per_s']:,.0f}",
+                mib(r["input"]["peak_rss"]),
+            ]
+        )
         if "input_cached" in r:
-            rows.append([label, "input pipeline, iteration only: epochs after the first, from the in-memory cache", f"{r['input_cached']['examples_per_s']:,.0f}", mib(r["input_cached"]["peak_rss"])])
+            rows.append(
+                [
+                    label,
+                    "input pipeline, iteration only: epochs after the first, from the in-memory cache",
+                    f"{r['input_cached']['examples_per_s']:,.0f}",
+                    mib(r["input_cached"]["peak_rss"]),
+                ]
+            )
         if "train_step" in r:
             ratio = r["input"]["examples_per_s"] / r["train_step"]["examples_per_s"]
-            rows.append([label, f"training step alone (float32); input/training = **{ratio:.1f}x**", f"{r['train_step']['examples_per_s']:,.0f}", mib(r["train_step"]["peak_rss"])])
-            rows.append([label, "training step alone, mixed_bfloat16 (not used on CPU by the pipeline)", f"{r['train_step_bf16']['examples_per_s']:,.0f}", mib(r["train_step_bf16"]["peak_rss"])])
-        for mode, text in (("streaming", "training, streaming (cache auto, the default: memory at x1, files at x10)"),
-                           ("streaming-nocache", "training, streaming (cache off)"),
-                           ("in-memory", "training, in-memory baseline (pandas -> Keras arrays)")):
+            rows.append(
+                [
+                    label,
+                    f"training step alone (float32); input/training = **{ratio:.1f}x**",
+                    f"{r['train_step']['examples_per_s']:,.0f}",
+                    mib(r["train_step"]["peak_rss"]),
+                ]
+            )
+            rows.append(
+                [
+                    label,
+                    "training step alone, mixed_bfloat16 (not used on CPU by the pipeline)",
+                    f"{r['train_step_bf16']['examples_per_s']:,.0f}",
+                    mib(r["train_step_bf16"]["peak_rss"]),
+                ]
+            )
+        for mode, text in (
+            ("streaming", "training, streaming (cache auto, the default: memory at x1, files at x10)"),
+            ("streaming-nocache", "training, streaming (cache off)"),
+            ("in-memory", "training, in-memory baseline (pandas -> Keras arrays)"),
+        ):
             m = r[mode]
-            rows.append([label, f"{text}, {args.epochs} epochs", f"{m['examples_per_s']:,.0f}",
-                         f"{mib(m['peak_rss'])} (+{mib(m['peak_rss'] - m['base_rss'])})"])
+            rows.append(
+                [
+                    label,
+                    f"{text}, {args.epochs} epochs",
+                    f"{m['examples_per_s']:,.0f}",
+                    f"{mib(m['peak_rss'])} (+{mib(m['peak_rss'] - m['base_rss'])})",
+                ]
+            )
     notes = []
     if len(scales) > 1:
         a, b = raw[f"x{scales[0]}"], raw[f"x{scales[-1]}"]
@@ -286,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     if "train_step" in raw[f"x{scales[0]}"]:
         step = raw[f"x{scales[0]}"]["train_step"]["examples_per_s"]
-        notes.append("- input (parse + model preprocessing, no cache) / training step: " + ", ".join(
-            f"x{s}: **{raw[f'x{s}']['input']['examples_per_s'] / step:.1f}x**" for s in scales))
+        notes.append(
+            "- input (parse + model preprocessing, no cache) / training step: "
+            + ", ".join(f"x{s}: **{raw[f'x{s}']['input']['examples_per_s'] / step:.1f}x**" for s in scales)
+        )
     notes.append("- CPU only: the GPU path (one GPU, MirroredStrategy, mixed precision) is not yet measured.")
     table = markdown_table(["data", "what", "examples/s", "peak RSS MiB"], rows)
     report("input_pipeline", "Input pipeline and training throughput (CPU)", command_line(), table, raw, notes)

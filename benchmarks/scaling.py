@@ -63,12 +63,15 @@ def run_scale(scale: int, date: str, keep: bool) -> dict:
         t0 = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "pipelines", "run", "--date", date, "--run-id", f"scale-x{scale}"],
-            env=env, cwd=REPO, capture_output=True, text=True,
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         out["wall_s"] = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"x{scale} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    result = json.loads(done.stdout[done.stdout.index("{"):])
+    result = json.loads(done.stdout[done.stdout.index("{") :])
     out["rows"] = result["collect"]["rows"]
     out["train_rows"] = result["preprocess"]["rows"]["train"]
     out["epochs_run"] = result["train"].get("epochs_run")
@@ -131,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(baseline {results[s]['baseline_auc']:.4f}), {results[s]['predicted_rows']:,} rows scored"
         for s in scales
     ]
-    report("scaling", "Scaling: the nightly run at several times the data", command_line(), markdown_table(headers, rows), raw, notes)
+    report(
+        "scaling",
+        "Scaling: the nightly run at several times the data",
+        command_line(),
+        markdown_table(headers, rows),
+        raw,
+        notes,
+    )
     return 0
 
 

@@ -120,12 +120,26 @@ class Server:
                 "MLFLOW_TRACKING_URI": f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow' / 'mlflow.db'}",
                 "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",  # it runs `uvicorn` from there
             }
-            cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
-                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port), "-w", "1"]
+            cmd = [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{NAME}@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-w",
+                "1",
+            ]
             self.path = "/invocations"
         self.started = time.monotonic()
-        self.process = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, cwd=REPO, env=child_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def body(self, rows: list[dict[str, Any]]) -> bytes:
         if self.kind == "ours":
@@ -140,7 +154,9 @@ class Server:
         while time.monotonic() - self.started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.process.returncode}")
-            request = urllib.request.Request(self.url + self.path, self.body([row]), {"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                self.url + self.path, self.body([row]), {"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=5) as response:
                     if response.status == 200:
@@ -179,7 +195,11 @@ def _params_file(path: Path, shadow: bool) -> None:
     import yaml
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    raw["serve"] = {**raw.get("serve", {}), "watch_interval_seconds": 1, "shadow_alias": "challenger" if shadow else None}
+    raw["serve"] = {
+        **raw.get("serve", {}),
+        "watch_interval_seconds": 1,
+        "shadow_alias": "challenger" if shadow else None,
+    }
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
 
@@ -203,7 +223,9 @@ def _wait_model(url: str, predicate, timeout: float = 120) -> dict[str, Any]:
 # --------------------------------------------------------------------------- load
 
 
-async def _open_loop(server: Server, bodies: list[bytes], rate: float, seconds: float) -> list[tuple[float, float, int, str]]:
+async def _open_loop(
+    server: Server, bodies: list[bytes], rate: float, seconds: float
+) -> list[tuple[float, float, int, str]]:
     """Requests at ``rate`` per second for ``seconds``: (scheduled, done, status, version) each."""
     import aiohttp
 
@@ -217,8 +239,9 @@ async def _open_loop(server: Server, bodies: list[bytes], rate: float, seconds: 
             status, version = 0, "?"
             async with gate:
                 try:
-                    async with session.post(server.url + server.path, data=body,
-                                            headers={"Content-Type": "application/json"}) as response:
+                    async with session.post(
+                        server.url + server.path, data=body, headers={"Content-Type": "application/json"}
+                    ) as response:
                         status = response.status
                         data = await response.read()
                         if server.kind == "ours" and status == 200:
@@ -271,14 +294,16 @@ async def _swap(server: Server, client: Any, bodies: list[bytes], rate: float) -
 
     import aiohttp
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
-                                     timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT), timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)
+    ) as session:
 
         async def one(at: float, body: bytes) -> None:
             status, version = 0, "?"
             try:
-                async with session.post(server.url + server.path, data=body,
-                                        headers={"Content-Type": "application/json"}) as response:
+                async with session.post(
+                    server.url + server.path, data=body, headers={"Content-Type": "application/json"}
+                ) as response:
                     status = response.status
                     data = await response.read()
                     if status == 200:
@@ -304,7 +329,9 @@ async def _swap(server: Server, client: Any, bodies: list[bytes], rate: float) -
                 moved = time.monotonic()
                 await asyncio.to_thread(client.set_registered_model_alias, NAME, "champion", target)
                 info = await asyncio.to_thread(_wait_model, server.url, lambda m, t=target: m["version"] == t)
-                moves.append({"to": target, "moved": moved, "live": time.monotonic(), "load_seconds": info["load_seconds"]})
+                moves.append(
+                    {"to": target, "moved": moved, "live": time.monotonic(), "load_seconds": info["load_seconds"]}
+                )
                 await asyncio.sleep(2)
             stop.set()
 
@@ -356,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     client.set_registered_model_alias(NAME, "champion", "2")
     client.set_registered_model_alias(NAME, "challenger", "1")
     rows = _rows(env)
-    raw: dict[str, Any] = {"machine": machine(), "measured": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", "servers": {}}
+    raw: dict[str, Any] = {
+        "machine": machine(),
+        "measured": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "servers": {},
+    }
 
     for kind in ("ours", "mlflow"):
         server = Server(kind, env, state)
@@ -404,36 +435,64 @@ def main(argv: list[str] | None = None) -> int:
 
     table_rows = [["time to first answer (s)", f"{ours['first_answer_s']:.1f}", f"{anchor['first_answer_s']:.1f}"]]
     for rate in RATES:
-        table_rows.append([f"single rows at {rate}/s: p50 / p95 / p99 (ms)", ms(ours[f"rate_{rate}"]), ms(anchor[f"rate_{rate}"])])
-    table_rows.append([
-        f"highest rate of {', '.join(map(str, LADDER))}/s with p99 < 10 ms",
-        ours["max_rate_p99_under_10ms"] or "none", anchor["max_rate_p99_under_10ms"] or "none",
-    ])
+        table_rows.append(
+            [f"single rows at {rate}/s: p50 / p95 / p99 (ms)", ms(ours[f"rate_{rate}"]), ms(anchor[f"rate_{rate}"])]
+        )
+    table_rows.append(
+        [
+            f"highest rate of {', '.join(map(str, LADDER))}/s with p99 < 10 ms",
+            ours["max_rate_p99_under_10ms"] or "none",
+            anchor["max_rate_p99_under_10ms"] or "none",
+        ]
+    )
     for size in (100, 1000):
-        table_rows.append([f"{size:,}-row batches (rows/s)", f"{ours[f'batch_{size}_rows_per_s']:,.0f}",
-                           f"{anchor[f'batch_{size}_rows_per_s']:,.0f}"])
+        table_rows.append(
+            [
+                f"{size:,}-row batches (rows/s)",
+                f"{ours[f'batch_{size}_rows_per_s']:,.0f}",
+                f"{anchor[f'batch_{size}_rows_per_s']:,.0f}",
+            ]
+        )
     swap = ours["swap"]
-    table_rows.append([
-        "swap under load (200/s, alias moved 4 times): failed / stale answers / versions seen",
-        f"{swap['failed']} of {swap['requests']} / {swap['stale_answers']} / {', '.join(swap['versions_seen'])}",
-        "does not follow the alias",
-    ])
-    table_rows.append([
-        "alias move to first answer from the new version (s; its load)",
-        ", ".join(f"{a:.1f} ({b:.1f})" for a, b in zip(swap["alias_move_to_first_new_answer_s"], swap["load_seconds"], strict=True)),
-        "-",
-    ])
+    table_rows.append(
+        [
+            "swap under load (200/s, alias moved 4 times): failed / stale answers / versions seen",
+            f"{swap['failed']} of {swap['requests']} / {swap['stale_answers']} / {', '.join(swap['versions_seen'])}",
+            "does not follow the alias",
+        ]
+    )
+    table_rows.append(
+        [
+            "alias move to first answer from the new version (s; its load)",
+            ", ".join(
+                f"{a:.1f} ({b:.1f})"
+                for a, b in zip(swap["alias_move_to_first_new_answer_s"], swap["load_seconds"], strict=True)
+            ),
+            "-",
+        ]
+    )
     table_rows.append(["latency during the swaps: p50 / p95 / p99 (ms)", ms(swap["latency"]), "-"])
     rss1, pss1 = ours["memory_one_model"]
     rss2, pss2 = ours["memory_two_models"]
     arss, apss = anchor["memory_one_model"]
-    table_rows.append(["memory at the first answer, one model: RSS / PSS (MiB)", f"{mib(rss1)} / {mib(pss1)}",
-                       f"{mib(arss)} / {mib(apss)}"])
+    table_rows.append(
+        [
+            "memory at the first answer, one model: RSS / PSS (MiB)",
+            f"{mib(rss1)} / {mib(pss1)}",
+            f"{mib(arss)} / {mib(apss)}",
+        ]
+    )
     (rss3, pss3), (arss3, apss3) = ours["memory_after_load"], anchor["memory_after_load"]
-    table_rows.append(["memory after the load above, one model: RSS / PSS (MiB)", f"{mib(rss3)} / {mib(pss3)}",
-                       f"{mib(arss3)} / {mib(apss3)}"])
-    table_rows.append(["memory at the first answer, two models (live + shadow): RSS / PSS (MiB)",
-                       f"{mib(rss2)} / {mib(pss2)}", "-"])
+    table_rows.append(
+        [
+            "memory after the load above, one model: RSS / PSS (MiB)",
+            f"{mib(rss3)} / {mib(pss3)}",
+            f"{mib(arss3)} / {mib(apss3)}",
+        ]
+    )
+    table_rows.append(
+        ["memory at the first answer, two models (live + shadow): RSS / PSS (MiB)", f"{mib(rss2)} / {mib(pss2)}", "-"]
+    )
     table = markdown_table(["", "pipelines.serving", "mlflow models serve"], table_rows)
     notes = [
         "Both on one worker, 127.0.0.1, the client (aiohttp, open loop: latency from the scheduled send time) on the",
@@ -444,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         f"At most {MAX_IN_FLIGHT} requests in flight; the watch interval was 1 s. pipelines.serving also writes",
         "every served row to the served log and keeps its metrics; mlflow models serve records nothing.",
     ]
-    report("serving", "Online serving: pipelines.serving against mlflow models serve", command_line(), table, raw, notes)
+    report(
+        "serving", "Online serving: pipelines.serving against mlflow models serve", command_line(), table, raw, notes
+    )
     return 0
 
 

@@ -91,8 +91,13 @@ def child_score(variant: str, model_dir: str, processed: str, n: int, batch_rows
 
     model = mlflow.pyfunc.load_model(model_dir)
     frame = _rows(Path(processed), n)
-    features = [c for c in frame.columns if c in json.loads((Path(model_dir) / "artifacts" / "feature_spec.json").read_text())["numeric"]
-                + json.loads((Path(model_dir) / "artifacts" / "feature_spec.json").read_text())["categorical"]]
+    features = [
+        c
+        for c in frame.columns
+        if c
+        in json.loads((Path(model_dir) / "artifacts" / "feature_spec.json").read_text())["numeric"]
+        + json.loads((Path(model_dir) / "artifacts" / "feature_spec.json").read_text())["categorical"]
+    ]
     frame = frame[features]
     before = self_peak_rss()
     t0 = time.perf_counter()
@@ -105,8 +110,13 @@ def child_score(variant: str, model_dir: str, processed: str, n: int, batch_rows
     else:
         proba = model.predict(frame)[PROBABILITY].to_numpy()
     seconds = time.perf_counter() - t0
-    return {"rows": len(proba), "seconds": seconds, "rows_per_s": len(proba) / seconds,
-            "peak_rss": self_peak_rss(), "rss_before_rows": before}
+    return {
+        "rows": len(proba),
+        "seconds": seconds,
+        "rows_per_s": len(proba) / seconds,
+        "peak_rss": self_peak_rss(),
+        "rss_before_rows": before,
+    }
 
 
 def child_validate(params_file: str, processed: str, n: int) -> dict:
@@ -135,8 +145,13 @@ def child_validate(params_file: str, processed: str, n: int) -> dict:
         year, spec, params.validate_, Path(tempfile.mkdtemp()), n_days=len(days), first_day=days[0], last_day=days[-1]
     )
     seconds = time.perf_counter() - t0
-    return {"rows": len(year), "seconds": seconds, "s_per_million": seconds / len(year) * 1e6,
-            "success": report_.success, "peak_rss": self_peak_rss()}
+    return {
+        "rows": len(year),
+        "seconds": seconds,
+        "s_per_million": seconds / len(year) * 1e6,
+        "success": report_.success,
+        "peak_rss": self_peak_rss(),
+    }
 
 
 def child_drift(params_file: str, processed: str, n: int) -> dict:
@@ -158,8 +173,13 @@ def child_drift(params_file: str, processed: str, n: int) -> dict:
     t0 = time.perf_counter()
     result = check_data_drift(reference, current, params.dataset, params.monitor.drift, Path(tempfile.mkdtemp()))
     seconds = time.perf_counter() - t0
-    return {"rows": len(current), "seconds": seconds, "s_per_million": seconds / len(current) * 1e6,
-            "drifted": len(result.drifted), "peak_rss": self_peak_rss()}
+    return {
+        "rows": len(current),
+        "seconds": seconds,
+        "s_per_million": seconds / len(current) * 1e6,
+        "drifted": len(result.drifted),
+        "peak_rss": self_peak_rss(),
+    }
 
 
 def _child(*args: str) -> dict:
@@ -185,21 +205,41 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = _model(params_file, processed)
     raw: dict = {"machine": machine(), "rows": args.rows}
     for variant in ("batched", "whole"):
-        raw[f"score_{variant}"] = _child("score", variant, str(model_dir), str(processed), str(args.rows), str(batch_rows))
+        raw[f"score_{variant}"] = _child(
+            "score", variant, str(model_dir), str(processed), str(args.rows), str(batch_rows)
+        )
     raw["validate_year"] = _child("validate", str(params_file), str(processed), "0")
     raw["validate_grown"] = _child("validate", str(params_file), str(processed), str(args.rows))
     raw["drift"] = _child("drift", str(params_file), str(processed), str(args.rows))
     b, w = raw["score_batched"], raw["score_whole"]
     rows = [
-        [f"batch scoring, production path (batches of {batch_rows} rows)", f"{b['rows']:,}",
-         f"{b['rows_per_s']:,.0f} rows/s", f"{mib(b['peak_rss'])} (+{mib(b['peak_rss'] - b['rss_before_rows'])})"],
-        ["batch scoring, baseline (pyfunc predict on the whole frame)", f"{w['rows']:,}",
-         f"{w['rows_per_s']:,.0f} rows/s", f"{mib(w['peak_rss'])} (+{mib(w['peak_rss'] - w['rss_before_rows'])})"],
+        [
+            f"batch scoring, production path (batches of {batch_rows} rows)",
+            f"{b['rows']:,}",
+            f"{b['rows_per_s']:,.0f} rows/s",
+            f"{mib(b['peak_rss'])} (+{mib(b['peak_rss'] - b['rss_before_rows'])})",
+        ],
+        [
+            "batch scoring, baseline (pyfunc predict on the whole frame)",
+            f"{w['rows']:,}",
+            f"{w['rows_per_s']:,.0f} rows/s",
+            f"{mib(w['peak_rss'])} (+{mib(w['peak_rss'] - w['rss_before_rows'])})",
+        ],
     ]
-    for key, label in (("validate_year", "validation (GX suite), the year"), ("validate_grown", "validation (GX suite), grown"),
-                       ("drift", "drift check (Evidently, 20,000-row reference)")):
+    for key, label in (
+        ("validate_year", "validation (GX suite), the year"),
+        ("validate_grown", "validation (GX suite), grown"),
+        ("drift", "drift check (Evidently, 20,000-row reference)"),
+    ):
         r = raw[key]
-        rows.append([label, f"{r['rows']:,}", f"{r['seconds']:.1f} s = **{r['s_per_million']:.1f} s per million rows**", mib(r["peak_rss"])])
+        rows.append(
+            [
+                label,
+                f"{r['rows']:,}",
+                f"{r['seconds']:.1f} s = **{r['s_per_million']:.1f} s per million rows**",
+                mib(r["peak_rss"]),
+            ]
+        )
     table = markdown_table(["what", "rows", "throughput", "peak RSS MiB (+ for the rows)"], rows)
     report("throughput", "Throughput: batch scoring, validation and drift checks", command_line(), table, raw)
     return 0

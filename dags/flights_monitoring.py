@@ -130,7 +130,9 @@ def _poke_seconds() -> int:
 def flights_monitoring():
     # The Asset event comes when `collect` has staged the day: wait until its training run has
     # published it (validate), scored the next day and registered its model.
-    @task.sensor(poke_interval=_poke_seconds(), timeout=4 * 3600, mode="reschedule", execution_timeout=dt.timedelta(minutes=5))
+    @task.sensor(
+        poke_interval=_poke_seconds(), timeout=4 * 3600, mode="reschedule", execution_timeout=dt.timedelta(minutes=5)
+    )
     @fail_fast
     def wait_for_data() -> PokeReturnValue:
         from airflow.sdk.exceptions import AirflowSkipException

@@ -32,14 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--date", required=True, type=dt.date.fromisoformat, help="data day, YYYY-MM-DD")
     run.add_argument("--run-id", default=None, help="run id (default: cli__<date>)")
     run.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key, e.g. train.epochs=3"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key, e.g. train.epochs=3",
     )
 
     mon = sub.add_parser("monitor", help="the monitoring checks of one day, as the monitoring DAG runs them")
     mon.add_argument("--date", required=True, type=dt.date.fromisoformat, help="monitored day (last of the window)")
     mon.add_argument("--run-id", default=None, help="run id (default: cli_monitor__<date>)")
     mon.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key, e.g. monitor.window_days=3"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key, e.g. monitor.window_days=3",
     )
 
     step = sub.add_parser("step", help="one training step on explicit paths (the dvc.yaml stages)")
@@ -68,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--model-version", help="the model version's number")
     which.add_argument("--alias", help="a registry alias, e.g. champion")
     pull.add_argument(
-        "--dest", type=Path, default=None, help="a new or empty folder (default: build/datasets/<model>-v<version>, git-ignored)"
+        "--dest",
+        type=Path,
+        default=None,
+        help="a new or empty folder (default: build/datasets/<model>-v<version>, git-ignored)",
     )
     return p
 
@@ -195,7 +206,10 @@ def _monitor(args: argparse.Namespace) -> int:
     ctx.params  # noqa: B018 - fail on bad params before any work
     published = run_check_published(ctx)
     if not published["published"]:
-        print(f"error: {published['source_day']} is not published ({published['path']}): nothing to monitor", file=sys.stderr)
+        print(
+            f"error: {published['source_day']} is not published ({published['path']}): nothing to monitor",
+            file=sys.stderr,
+        )
         return 1
     try:
         champion = run_resolve_champion(ctx)
@@ -228,7 +242,9 @@ def _data_pull(args: argparse.Namespace) -> int:
     dest = args.dest
     if dest is None:  # named after the version the alias points to now
         name = load_params(settings.params_path).register_.model_name
-        found = model_dataset(registry_client(settings.tracking_uri), name, version=args.model_version, alias=args.alias)
+        found = model_dataset(
+            registry_client(settings.tracking_uri), name, version=args.model_version, alias=args.alias
+        )
         dest = Path("build") / "datasets" / f"{name}-v{found.model_version}"
     try:
         pulled = pull_model_data(settings, dest, version=args.model_version, alias=args.alias)

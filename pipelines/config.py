@@ -433,8 +433,20 @@ class MlflowConfig(_Section):
 # Evidently's drift methods (``stattest`` names). Distances flag drift above the
 # threshold, tests (ks, chisquare, ...) below it, as a p-value.
 DriftMethod = Literal[
-    "wasserstein", "psi", "jensenshannon", "kl_div", "hellinger", "ed", "TVD",
-    "ks", "chisquare", "z", "anderson", "cramer_von_mises", "mannw", "t_test",
+    "wasserstein",
+    "psi",
+    "jensenshannon",
+    "kl_div",
+    "hellinger",
+    "ed",
+    "TVD",
+    "ks",
+    "chisquare",
+    "z",
+    "anderson",
+    "cramer_von_mises",
+    "mannw",
+    "t_test",
 ]
 
 

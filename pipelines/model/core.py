@@ -94,7 +94,9 @@ def build_core(shape: CoreShape, params: CoreParams | Any, steps_per_epoch: int 
         # A linear model over every id and scaled value, beside the deep part (wide & deep):
         # its weights are the convex, stable part of the fit.
         wide_ids = keras.layers.Embedding(shape.id_rows, 1, embeddings_initializer="zeros", name="wide_weights")(ids)
-        wide = keras.layers.Concatenate(name="wide_features")([numeric, keras.layers.Flatten(name="flat_wide")(wide_ids)])
+        wide = keras.layers.Concatenate(name="wide_features")(
+            [numeric, keras.layers.Flatten(name="flat_wide")(wide_ids)]
+        )
         logit = keras.layers.Add(name="logit")([logit, keras.layers.Dense(1, name="wide_logit")(wide)])
     out = keras.layers.Activation("sigmoid", dtype="float32", name="delay_probability")(logit)
     core = keras.Model(inputs={NUMERIC: numeric, IDS: ids}, outputs=out, name="core")

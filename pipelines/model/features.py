@@ -55,9 +55,7 @@ def to_model_inputs(frame: pd.DataFrame, features: FeatureSpec) -> dict[str, np.
     for col in features.numeric:
         inputs[col] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float32)
     for col in features.categorical:
-        inputs[col] = (
-            frame[col].astype("string").fillna(MISSING_CATEGORY).to_numpy(dtype=object).astype(str)
-        )
+        inputs[col] = frame[col].astype("string").fillna(MISSING_CATEGORY).to_numpy(dtype=object).astype(str)
     return inputs
 
 

@@ -70,7 +70,9 @@ def jax_hardware(mixed_precision: bool = False, devices: list[str] | None = None
     if devices is not None:
         env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={len(devices)}"}
     probe_env = {**os.environ, **env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    proc = subprocess.run([sys.executable, "-c", _JAX_PROBE], env=probe_env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _JAX_PROBE], env=probe_env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"train.backend jax: JAX does not start: {proc.stderr.strip()[-1000:]}")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -189,7 +191,12 @@ def _child(job_file: Path) -> None:
     if len(devices) > 1:
         # Each batch is split over the devices; the weights are replicated.
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    log.info("JAX %s on %s, precision %s", jax.__version__, ",".join(f"{d.platform}:{d.id}" for d in devices), job["precision"])
+    log.info(
+        "JAX %s on %s, precision %s",
+        jax.__version__,
+        ",".join(f"{d.platform}:{d.id}" for d in devices),
+        job["precision"],
+    )
 
     serve = tf.saved_model.load(job["preprocessing"]).serve
     spec = DatasetConfig.model_validate(job["dataset"])
@@ -215,10 +222,16 @@ def _child(job_file: Path) -> None:
         callbacks.append(keras.callbacks.BackupAndRestore(job["backup_dir"], double_checkpoint=True))
     callbacks += [
         Relay(),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=job["patience"], restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=job["patience"], restore_best_weights=True
+        ),
     ]
     history = core.fit(
-        splits["train"], validation_data=splits["validation"], epochs=job["params"]["epochs"], callbacks=callbacks, verbose=0
+        splits["train"],
+        validation_data=splits["validation"],
+        epochs=job["params"]["epochs"],
+        callbacks=callbacks,
+        verbose=0,
     )
     core.save_weights(job["weights"])
     Path(job["history"]).write_text(

@@ -176,7 +176,9 @@ def make_dataset(
         ds = ds.repeat()
     ds = ds.rebatch(batch_size)
     if batch_multiple > 1:
-        ds = ds.map(lambda *b: _cut_to_multiple(b, batch_multiple), num_parallel_calls=threads, deterministic=deterministic)
+        ds = ds.map(
+            lambda *b: _cut_to_multiple(b, batch_multiple), num_parallel_calls=threads, deterministic=deterministic
+        )
         ds = ds.filter(lambda *b: tf.shape(tf.nest.flatten(b)[0])[0] > 0)
     options = tf.data.Options()
     options.deterministic = deterministic

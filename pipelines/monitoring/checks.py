@@ -84,7 +84,10 @@ _CATEGORICAL_SPREAD = {"jensenshannon", "hellinger"}
 
 
 def drift_thresholds(
-    reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str],
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
     cfg: MonitorConfig.Drift,
 ) -> dict[str, float]:
     """Each watched column's drift threshold, widened for the sample's size.
@@ -271,6 +274,7 @@ class PredictionDrift(CheckResult):
     reference_rows: int
     current_mean: float | None
     reference_mean: float | None
+
     def summary(self) -> str:
         if self.status != "ok":
             return f"prediction drift: {self.current_rows} scored rows in the window, too few to compare"
@@ -328,6 +332,7 @@ class Performance(CheckResult):
     worsening: dict[str, float]  # metric -> how much worse than on the holdout (negative: better)
     limits: dict[str, float]
     exceeded: list[str]
+
     def summary(self) -> str:
         if self.status != "ok":
             return f"performance: {self.rows} labelled scored rows in the window, too few to judge"

@@ -156,7 +156,9 @@ class AirflowAPI:
                 return run
             if time.monotonic() > deadline:
                 states = {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
-                raise APIError(f"run {run_id} not finished after {timeout:.0f}s (state {run['state']}); tasks: {states}")
+                raise APIError(
+                    f"run {run_id} not finished after {timeout:.0f}s (state {run['state']}); tasks: {states}"
+                )
             time.sleep(poll)
 
     # -- backfills ---------------------------------------------------------

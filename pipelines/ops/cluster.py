@@ -289,7 +289,8 @@ class AirflowCluster:
     def task_durations(self, dag_id: str, run_id: str) -> dict[str, float]:
         rows = self._query(
             "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id = :d AND run_id = :r",
-            d=dag_id, r=run_id,
+            d=dag_id,
+            r=run_id,
         )
         out = {}
         for task_id, start, end in rows:
@@ -309,9 +310,7 @@ class AirflowCluster:
 
     def active_runs(self, dag_id: str) -> list[str]:
         """Runs of ``dag_id`` queued or running now."""
-        rows = self._query(
-            "SELECT run_id FROM dag_run WHERE dag_id = :d AND state IN ('queued', 'running')", d=dag_id
-        )
+        rows = self._query("SELECT run_id FROM dag_run WHERE dag_id = :d AND state IN ('queued', 'running')", d=dag_id)
         return [r[0] for r in rows]
 
     def pending_asset_triggers(self, dag_id: str) -> int:

@@ -119,9 +119,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _migrate(env: dict[str, str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
         raise SystemExit("airflow db migrate failed")
@@ -197,7 +195,9 @@ def _print_summary(settings: Settings, run_id: str, day) -> None:
         aliases = ", ".join(client.get_model_version(name, v.version).aliases) or "none"
         print(f"  MLflow run        {v.run_id}  ({settings.tracking_uri})")
         print(f"  model version     models:/{name}/{v.version}  aliases: {aliases}")
-        print(f"  holdout AUC       {v.tags.get('metrics.holdout_auc')}  (baseline {v.tags.get('metrics.baseline_holdout_auc')})")
+        print(
+            f"  holdout AUC       {v.tags.get('metrics.holdout_auc')}  (baseline {v.tags.get('metrics.baseline_holdout_auc')})"
+        )
         print(f"  promotion         {v.tags.get('promotion.decision')}")
     nxt = next_day(params.dataset, day)
     if nxt is not None:
@@ -261,11 +261,18 @@ def mlflow_ui(port: int | None = None) -> int:
     os.execv(
         sys.executable,
         [
-            sys.executable, "-m", "mlflow", "ui",
-            "--backend-store-uri", settings.tracking_uri,
-            "--registry-store-uri", settings.tracking_uri,
-            "--host", settings.bind_host,
-            "--port", str(port or settings.mlflow_port),
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            settings.tracking_uri,
+            "--registry-store-uri",
+            settings.tracking_uri,
+            "--host",
+            settings.bind_host,
+            "--port",
+            str(port or settings.mlflow_port),
         ],
     )
     return 0  # not reached
@@ -275,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.ops.local", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the training DAG once, end to end")
-    r.add_argument("--date", default="2013-12-30", help="data day (YYYY-MM-DD); default: the last full day of 2013 with a next day to score")
+    r.add_argument(
+        "--date",
+        default="2013-12-30",
+        help="data day (YYYY-MM-DD); default: the last full day of 2013 with a next day to score",
+    )
     r.add_argument("--conf", default="{}", help="trigger parameters as JSON, e.g. '{\"epochs\": 3}'")
     sub.add_parser("airflow-ui", help="Airflow's UI and scheduler on the local state, until Ctrl-C")
     m = sub.add_parser("mlflow-ui", help="the MLflow UI on the local store")

@@ -132,7 +132,8 @@ def _monitoring_cell(m: Mapping[str, Any]) -> str:
     if m.get("worsening"):
         parts.append(
             ", ".join(
-                f"{k} {'+' if v >= 0 else ''}{v:.3f}{' (over)' if k in m['exceeded'] else ''}" for k, v in m["worsening"].items()
+                f"{k} {'+' if v >= 0 else ''}{v:.3f}{' (over)' if k in m['exceeded'] else ''}"
+                for k, v in m["worsening"].items()
             )
         )
     elif m.get("performance_status") and m["performance_status"] != "ok":
@@ -290,7 +291,9 @@ class Replay:
             tasks = self.cluster.task_states(MONITORING, row["run_id"])
             note = None
             if decision is None:
-                note = ", ".join(f"{t} {s}" for t, s in sorted(tasks.items()) if s in ("failed", "skipped", "upstream_failed"))
+                note = ", ".join(
+                    f"{t} {s}" for t, s in sorted(tasks.items()) if s in ("failed", "skipped", "upstream_failed")
+                )
             out.append(
                 {
                     "run_id": row["run_id"],
@@ -358,7 +361,10 @@ def replay(
     records: list[dict[str, Any]] = json.loads(done_path.read_text()) if done_path.is_file() else []
     done = {r["day"] for r in records}
     todo = [d for d in nights(first, last) if d.isoformat() not in done]
-    print(f"replay of {len(todo)} night(s) in {home} (logs: {home / 'services'}, Airflow UI on port {api_port})", flush=True)
+    print(
+        f"replay of {len(todo)} night(s) in {home} (logs: {home / 'services'}, Airflow UI on port {api_port})",
+        flush=True,
+    )
     cluster = AirflowCluster(env, log_dir=home / "services", api_port=api_port)
     cluster.migrate()
     with cluster:
@@ -390,20 +396,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", dest="last", required=True, type=dt.date.fromisoformat, help="last night (YYYY-MM-DD)")
     p.add_argument("--home", required=True, type=Path, help="the replay's state folder (created; reused to resume)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a params.yaml override, on top of train.retrain=on_demand and monitor.wait_poke_seconds=10 "
         "(repeatable), e.g. --set train.epochs=4",
     )
     p.add_argument("--conf", default="{}", help="trigger parameters of every night's run, as JSON")
-    p.add_argument("--no-force-first", dest="force_first", action="store_false",
-                   help="do not force the first model champion (nights then score nothing until one passes the gate)")
-    p.add_argument("--api-port", type=int, default=18190, help="the replay's API server (the log server takes the next port)")
+    p.add_argument(
+        "--no-force-first",
+        dest="force_first",
+        action="store_false",
+        help="do not force the first model champion (nights then score nothing until one passes the gate)",
+    )
+    p.add_argument(
+        "--api-port", type=int, default=18190, help="the replay's API server (the log server takes the next port)"
+    )
     p.add_argument("--night-timeout", type=float, default=3600, help="seconds a night may take, retraining included")
     args = p.parse_args(argv)
     overrides = {**DEFAULT_OVERRIDES, **parse_set(args.overrides)}
     records = replay(
-        args.first, args.last, args.home, overrides, json.loads(args.conf),
-        api_port=args.api_port, night_timeout=args.night_timeout, force_first=args.force_first,
+        args.first,
+        args.last,
+        args.home,
+        overrides,
+        json.loads(args.conf),
+        api_port=args.api_port,
+        night_timeout=args.night_timeout,
+        force_first=args.force_first,
     )
     print("\n" + markdown_table(records))
     print(f"table: {args.home / TABLE_MD} and {args.home / TABLE_JSON}")

@@ -289,7 +289,10 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         stats = outcome[2]
         log.info(
             "step %s ran in the step worker (pid %s): %.1fs, peak RSS %.0f MiB",
-            step, stats.get("pid"), stats.get("seconds", 0), stats.get("peak_rss", 0) / 2**20,
+            step,
+            stats.get("pid"),
+            stats.get("seconds", 0),
+            stats.get("peak_rss", 0) / 2**20,
         )
         return outcome[1]
     _, payload, type_name, message, remote_tb = outcome
@@ -360,8 +363,21 @@ def spawn(env: Mapping[str, str], path: Path) -> subprocess.Popen:
     logfile = open(path.with_suffix(".log"), "ab")  # noqa: SIM115 - the child's
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipelines.ops.worker", "serve", "--socket", str(path), "--idle-timeout", str(_idle(env))],
-            env=dict(env), stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pipelines.ops.worker",
+                "serve",
+                "--socket",
+                str(path),
+                "--idle-timeout",
+                str(_idle(env)),
+            ],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     finally:
         logfile.close()
@@ -398,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.ops.worker", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="import the libraries and run steps handed over on the socket")
-    s.add_argument("--socket", type=Path, default=None, help=f"default: ${ENV_SOCKET} or $MLOPS_HOME/worker/worker.sock")
+    s.add_argument(
+        "--socket", type=Path, default=None, help=f"default: ${ENV_SOCKET} or $MLOPS_HOME/worker/worker.sock"
+    )
     s.add_argument("--idle-timeout", type=float, default=None, help="seconds without a step before exiting; 0: never")
     s.add_argument("--preload", default=None, help="comma-separated modules to import (default: every step's)")
     args = p.parse_args(argv)

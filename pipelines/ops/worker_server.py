@@ -154,7 +154,9 @@ def _reap(children: Mapping[int, Any]) -> list[tuple[int, int]]:
     return done
 
 
-def _handle(conn: socket.socket, server: socket.socket, children: Mapping[int, Any], code: str, idle_timeout: float) -> int:
+def _handle(
+    conn: socket.socket, server: socket.socket, children: Mapping[int, Any], code: str, idle_timeout: float
+) -> int:
     """Read a request and fork its step; returns the child's pid, 0 when there is none, -1 to stop."""
     conn.settimeout(30)
     try:

@@ -160,7 +160,9 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
             if model is None:
                 outcome = "unavailable"
                 return JSONResponse(
-                    {"request_id": request_id, "detail": [{"field": None, "message": "no model loaded yet"}]}, 503, headers
+                    {"request_id": request_id, "detail": [{"field": None, "message": "no model loaded yet"}]},
+                    503,
+                    headers,
                 )
             try:
                 proba = await batcher.score(model, rows)
@@ -168,7 +170,10 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
                 outcome = "error"
                 log.exception("request %s failed on v%s", request_id, version)
                 return JSONResponse(
-                    {"request_id": request_id, "detail": [{"field": None, "message": f"scoring failed: {type(err).__name__}"}]},
+                    {
+                        "request_id": request_id,
+                        "detail": [{"field": None, "message": f"scoring failed: {type(err).__name__}"}],
+                    },
                     500,
                     headers,
                 )

@@ -18,31 +18,47 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "serve_requests", "Prediction requests, by outcome (ok, bad_request, unavailable, error) and model version",
-            ["outcome", "model_version"], registry=r,
+            "serve_requests",
+            "Prediction requests, by outcome (ok, bad_request, unavailable, error) and model version",
+            ["outcome", "model_version"],
+            registry=r,
         )
         self.rows = Counter("serve_rows", "Rows scored by the live model", ["model_version"], registry=r)
         self.latency = Histogram(
-            "serve_request_seconds", "Time to answer POST /predict, by outcome and model version",
-            ["outcome", "model_version"], buckets=LATENCY_BUCKETS, registry=r,
+            "serve_request_seconds",
+            "Time to answer POST /predict, by outcome and model version",
+            ["outcome", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.swaps = Counter("serve_model_swaps", "Versions swapped in, by alias", ["alias"], registry=r)
         self.failed_loads = Counter(
-            "serve_model_load_failures", "Versions that failed to load or to pass their checks (not swapped in)",
-            ["alias", "model_version"], registry=r,
+            "serve_model_load_failures",
+            "Versions that failed to load or to pass their checks (not swapped in)",
+            ["alias", "model_version"],
+            registry=r,
         )
         self.alias_check_failures = Counter(
-            "serve_alias_check_failures", "Registry reads of the aliases that failed (the service kept serving)", registry=r
+            "serve_alias_check_failures",
+            "Registry reads of the aliases that failed (the service kept serving)",
+            registry=r,
         )
         self.alias_check_age = Gauge(
             "serve_alias_check_age_seconds", "Seconds since the aliases were last read from the registry", registry=r
         )
         self.live_version = Gauge(
-            "serve_model_live", "1 for the version that answers under each alias", ["alias", "model_version"], registry=r
+            "serve_model_live",
+            "1 for the version that answers under each alias",
+            ["alias", "model_version"],
+            registry=r,
         )
-        self.shadow_rows = Counter("serve_shadow_rows", "Rows scored by the shadow version", ["model_version"], registry=r)
+        self.shadow_rows = Counter(
+            "serve_shadow_rows", "Rows scored by the shadow version", ["model_version"], registry=r
+        )
         self.dropped = Counter(
-            "serve_log_dropped_requests", "Requests not logged (or shadow-scored) because the queue was full", registry=r
+            "serve_log_dropped_requests",
+            "Requests not logged (or shadow-scored) because the queue was full",
+            registry=r,
         )
         self.logged_rows = Counter("serve_log_rows", "Rows written to the served log", registry=r)
 

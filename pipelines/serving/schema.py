@@ -88,13 +88,15 @@ class RowParser:
         rows = [data] if single else data
         if not isinstance(rows, list):
             raise RequestError(
-                422, [{"field": None, "message": f"expected a row (object) or a list of rows, got {type(data).__name__}"}]
+                422,
+                [{"field": None, "message": f"expected a row (object) or a list of rows, got {type(data).__name__}"}],
             )
         if not rows:
             raise RequestError(422, [{"field": None, "message": "the batch is empty: send at least one row"}])
         if len(rows) > self.max_rows:
             raise RequestError(
-                413, [{"field": None, "message": f"the batch has {len(rows)} rows; at most {self.max_rows} are allowed"}]
+                413,
+                [{"field": None, "message": f"the batch has {len(rows)} rows; at most {self.max_rows} are allowed"}],
             )
         try:
             parsed = self._rows.validate_python(rows)
@@ -116,7 +118,12 @@ def _problems(err: ValidationError, single: bool, limit: int = 20) -> list[dict[
         if e["type"] == "finite_number":
             message = "must be a finite number (NaN and infinity are refused; send null for a missing reading)"
         out.append(
-            {"row": None if single else row, "field": field, "message": f"{where}: {message}", "input": _safe(e.get("input"))}
+            {
+                "row": None if single else row,
+                "field": field,
+                "message": f"{where}: {message}",
+                "input": _safe(e.get("input")),
+            }
         )
     return out
 

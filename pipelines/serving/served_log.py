@@ -71,8 +71,22 @@ class ServedLog:
         self.buffered += len(record.rows)
 
     def _frame(self) -> pd.DataFrame:
-        rows, meta = [], {k: [] for k in ("request_id", "row", "served_at", "probability", "model_version", "threshold",
-                                          "shadow_probability", "shadow_version")}
+        rows, meta = (
+            [],
+            {
+                k: []
+                for k in (
+                    "request_id",
+                    "row",
+                    "served_at",
+                    "probability",
+                    "model_version",
+                    "threshold",
+                    "shadow_probability",
+                    "shadow_version",
+                )
+            },
+        )
         for record, shadow, shadow_scores in self._pending:
             n = len(record.rows)
             rows += record.rows
@@ -121,7 +135,10 @@ class ServedLog:
             agree = (shadowed["shadow_probability"] >= shadowed["threshold"]) == shadowed["delayed"]
             log.info(
                 "shadow: %d rows, mean probability live %.4f, shadow %.4f, decisions agree on %.1f%%",
-                len(shadowed), shadowed["probability"].mean(), shadowed["shadow_probability"].mean(), 100 * agree.mean(),
+                len(shadowed),
+                shadowed["probability"].mean(),
+                shadowed["shadow_probability"].mean(),
+                100 * agree.mean(),
             )
         written = []
         days = frame["served_at"].dt.strftime("%Y-%m-%d")
@@ -210,8 +227,12 @@ class Recorder:
                 self.metrics.shadow_rows.labels(shadow.version).inc(len(flat))
                 for record, theirs in zip(group, scores, strict=True):
                     log.debug(
-                        "request %s: live v%s %s, shadow v%s %s", record.request_id, record.model.version,
-                        record.probabilities.round(4).tolist(), shadow.version, theirs.round(4).tolist(),
+                        "request %s: live v%s %s, shadow v%s %s",
+                        record.request_id,
+                        record.model.version,
+                        record.probabilities.round(4).tolist(),
+                        shadow.version,
+                        theirs.round(4).tolist(),
                     )
             except Exception:  # the shadow must never cost the log its rows
                 log.exception("shadow v%s failed on %d requests", shadow.version, len(group))

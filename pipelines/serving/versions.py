@@ -192,7 +192,15 @@ def load_version(
     )
     _warm_up(served, pyfunc, request_features)
     served = replace(served, load_seconds=time.monotonic() - started)
-    log.info("loaded %s v%s (%s) in %.1f s, threshold %.3f (%s)", name, version, alias, served.load_seconds, threshold, source)
+    log.info(
+        "loaded %s v%s (%s) in %.1f s, threshold %.3f (%s)",
+        name,
+        version,
+        alias,
+        served.load_seconds,
+        threshold,
+        source,
+    )
     return served
 
 
@@ -206,14 +214,18 @@ def _warm_up(served: ServedModel, pyfunc: Any, request_features: FeatureSpec) ->
     except Exception as err:  # a version logged without an example: a synthetic row stands in
         log.info("%s v%s has no input example (%s)", served.name, served.version, err)
     if not isinstance(example, pd.DataFrame) or example.empty or not set(served.features.all) <= set(example.columns):
-        example = pd.DataFrame({c: [np.nan] for c in served.features.numeric} | {c: [""] for c in served.features.categorical})
+        example = pd.DataFrame(
+            {c: [np.nan] for c in served.features.numeric} | {c: [""] for c in served.features.categorical}
+        )
     example = example[list(request_features.all)] if set(request_features.all) <= set(example.columns) else example
     rows = example.astype(object).where(example.notna(), None).to_dict("records")
     try:
         online = served.score_rows(rows)
         batch = pyfunc.predict(example)[PROBABILITY].to_numpy(dtype=np.float32)
     except Exception as err:
-        raise VersionRejected(f"{served.name} v{served.version} failed its warm-up prediction: {type(err).__name__}: {err}") from err
+        raise VersionRejected(
+            f"{served.name} v{served.version} failed its warm-up prediction: {type(err).__name__}: {err}"
+        ) from err
     if online.shape != (len(example),) or not np.isfinite(online).all():
         raise VersionRejected(f"{served.name} v{served.version} warm-up scores are not finite: {online.tolist()}")
     gap = float(np.max(np.abs(online - batch)))

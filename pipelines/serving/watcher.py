@@ -169,7 +169,13 @@ class ModelWatcher:
             self.alert(
                 f"{self.name} v{version} ({slot.alias}) was not loaded for serving; "
                 f"{'v' + current if current else 'nothing'} keeps serving: {err}",
-                {"model_name": self.name, "model_version": version, "alias": slot.alias, "serving": current, "error": str(err)},
+                {
+                    "model_name": self.name,
+                    "model_version": version,
+                    "alias": slot.alias,
+                    "serving": current,
+                    "error": str(err),
+                },
             )
             return
         slot.model = loaded  # the swap: one reference, read once per request

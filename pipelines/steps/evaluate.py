@@ -137,8 +137,11 @@ def _plots(y: np.ndarray, curves: dict[str, np.ndarray], threshold: float, out_d
     axes[2].plot([0, 1], [0, 1], "k:", lw=1)
     for ax, (title, xl, yl) in zip(
         axes,
-        [("ROC", "false positive rate", "true positive rate"), ("Precision-recall", "recall", "precision"),
-         ("Reliability", "mean predicted probability", "observed positive rate")],
+        [
+            ("ROC", "false positive rate", "true positive rate"),
+            ("Precision-recall", "recall", "precision"),
+            ("Reliability", "mean predicted probability", "observed positive rate"),
+        ],
         strict=True,
     ):
         ax.set_title(title)
@@ -227,9 +230,9 @@ def evaluate(
     y = holdout[LABEL].to_numpy()
 
     model = load_model(str(model_path))
-    ds = make_dataset(
-        splits["holdout"]["tfrecords"], spec, 8192, compression=preprocess_cfg.compression
-    ).map(lambda x, y: x)
+    ds = make_dataset(splits["holdout"]["tfrecords"], spec, 8192, compression=preprocess_cfg.compression).map(
+        lambda x, y: x
+    )
     proba = np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
     if len(proba) != len(holdout):
         raise RuntimeError(f"holdout shards hold {len(proba)} rows, the holdout split {len(holdout)}")
@@ -248,7 +251,9 @@ def evaluate(
         overall = binary_metrics(y, p, threshold)
         slices = slice_metrics(holdout, y, p, cfg, threshold)
         result[name] = {"overall": overall, "slices": slices}
-    result["flagged_slices"] = flag_slices(result["challenger"]["overall"], result["challenger"]["slices"], cfg.slice_flag_margin)
+    result["flagged_slices"] = flag_slices(
+        result["challenger"]["overall"], result["challenger"]["slices"], cfg.slice_flag_margin
+    )
     # Kept at the top level too: what register and the CLI read.
     result["model"] = result["challenger"]["overall"]
 

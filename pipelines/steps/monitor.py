@@ -362,9 +362,7 @@ def performance_step(
     labelled, days = labelled_scored(
         dataset, _window_of(dataset, cfg, run_day), champion, settings, predict_cfg.probability_column
     )
-    result = check_performance(
-        labelled, champion.holdout, reference, cfg.performance, threshold, out_dir, days=days
-    )
+    result = check_performance(labelled, champion.holdout, reference, cfg.performance, threshold, out_dir, days=days)
     numbers: dict[str, float | None] = {"rows": result.rows, **result.current}
     numbers.update({f"worsening.{k}": v for k, v in result.worsening.items()})
     uri = log_check(tracking, cfg.experiment, "performance", result, numbers)

@@ -219,7 +219,11 @@ def upsert(frame: pd.DataFrame, sink: SqlSink, keys: list[str]) -> int:
         else:
             raise ValueError(f"the SQL sink supports PostgreSQL and SQLite, not {engine.dialect.name}")
         types = {
-            "object": sa.Text, "bool": sa.Boolean, "float32": sa.Float, "float64": sa.Float, "int64": sa.BigInteger,
+            "object": sa.Text,
+            "bool": sa.Boolean,
+            "float32": sa.Float,
+            "float64": sa.Float,
+            "int64": sa.BigInteger,
         }
         columns = []
         for col, dtype in frame.dtypes.items():
@@ -234,7 +238,9 @@ def upsert(frame: pd.DataFrame, sink: SqlSink, keys: list[str]) -> int:
                 update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
                 conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
     except sa.exc.SQLAlchemyError as err:
-        raise RuntimeError(f"SQL sink {engine.url.render_as_string(hide_password=True)} table {sink.table}: {err}") from None
+        raise RuntimeError(
+            f"SQL sink {engine.url.render_as_string(hide_password=True)} table {sink.table}: {err}"
+        ) from None
     finally:
         engine.dispose()
     log.info("upserted %d rows into %s", len(records), sink.table)

@@ -46,7 +46,9 @@ QUANTILE_SEED = 0
 MANIFEST_FILE = "manifest.json"
 
 
-def window_partitions(spec: DatasetConfig, raw_dir: Path, end_day: dt.date, window_days: int) -> tuple[list[dt.date], list[Path]]:
+def window_partitions(
+    spec: DatasetConfig, raw_dir: Path, end_day: dt.date, window_days: int
+) -> tuple[list[dt.date], list[Path]]:
     """The days and published partition files of the window ending on ``end_day`` (source calendar).
 
     Raises:
@@ -278,7 +280,9 @@ class _TFRecordSink:
 class _SplitSink:
     """One split's outputs, fed part by part: the Parquet file, the TFRecord shards, the summary."""
 
-    def __init__(self, spec: DatasetConfig, cfg: PreprocessConfig, out_dir: Path, name: str, schema: Any, expected_rows: int):
+    def __init__(
+        self, spec: DatasetConfig, cfg: PreprocessConfig, out_dir: Path, name: str, schema: Any, expected_rows: int
+    ):
         import pyarrow.parquet as pq
 
         self.spec, self.out_dir, self.schema = spec, out_dir, schema
@@ -341,7 +345,9 @@ def _output_schema(window_schema: Any, columns: list[str]) -> Any:
     return pa.schema(fields)
 
 
-def preprocess(dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end_day: dt.date, out_dir: Path) -> dict[str, Any]:
+def preprocess(
+    dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end_day: dt.date, out_dir: Path
+) -> dict[str, Any]:
     """Build the training, validation and holdout sets of the window ending on ``end_day``.
 
     The window is read in parts of whole days (``preprocess.chunk_rows`` rows
@@ -368,7 +374,9 @@ def preprocess(dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end
     expected = {name: 0 for name in SPLITS}
     for d, n in zip(days, rows, strict=True):
         ts = pd.Timestamp(d)
-        expected["train" if ts < bounds.validation_start else "validation" if ts < bounds.holdout_start else "holdout"] += n
+        expected[
+            "train" if ts < bounds.validation_start else "validation" if ts < bounds.holdout_start else "holdout"
+        ] += n
     window_schema = partitions_schema(paths)
     keep = [*dict.fromkeys([*spec.key_columns, spec.time_column, *spec.features.all, LABEL])]
     schema = _output_schema(window_schema, keep)
@@ -399,7 +407,11 @@ def preprocess(dataset: DatasetConfig, cfg: PreprocessConfig, raw_dir: Path, end
     (out_dir / STATS_FILE).write_text(json.dumps(stats.stats(), indent=1), encoding="utf-8")
     (out_dir / REFERENCE_FILE).write_text(json.dumps(stats.reference(), indent=1), encoding="utf-8")
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    log.info("preprocessed %s rows: %s", sum(s["rows"] for s in summaries.values()), {k: v["rows"] for k, v in summaries.items()})
+    log.info(
+        "preprocessed %s rows: %s",
+        sum(s["rows"] for s in summaries.values()),
+        {k: v["rows"] for k, v in summaries.items()},
+    )
     return load_manifest(out_dir)
 
 

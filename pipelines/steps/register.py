@@ -26,13 +26,20 @@ from pipelines.tracking import Tracking, code_revision, get_or_create_run, use_t
 log = logging.getLogger(__name__)
 
 
-
 # What the pyfunc model needs when it is loaded: Keras and TensorFlow (the model), pandas and NumPy
 # (the frame conversion) and pydantic and PyYAML (pipelines.config); the pipelines code travels
 # with the model (code_paths). Naming them skips MLflow's inference of the requirements, which
 # loads the model again in a new interpreter (about 15 s of a register task) and listed whatever
 # that interpreter had imported, the project's own unpublished package among them.
-_SERVING_PACKAGES = (("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",), ("pandas",), ("pydantic",), ("pyyaml",), ("cloudpickle",))
+_SERVING_PACKAGES = (
+    ("tensorflow-cpu", "tensorflow"),
+    ("keras",),
+    ("numpy",),
+    ("pandas",),
+    ("pydantic",),
+    ("pyyaml",),
+    ("cloudpickle",),
+)
 
 
 def serving_requirements() -> list[str]:
@@ -161,11 +168,17 @@ def register(
     from pipelines.monitoring.reference import REFERENCE_ARTIFACT_DIR, REFERENCE_URI_TAG, write_reference
 
     reference = write_reference(
-        dataset, monitor_cfg, predict_cfg.batch_rows, Path(manifest["splits"]["train"]["parquet"]), model_path,
+        dataset,
+        monitor_cfg,
+        predict_cfg.batch_rows,
+        Path(manifest["splits"]["train"]["parquet"]),
+        model_path,
         work_dir / "monitoring",
     )
     client.log_artifact(run_id, str(reference), REFERENCE_ARTIFACT_DIR)
-    client.set_model_version_tag(name, version, REFERENCE_URI_TAG, f"runs:/{run_id}/{REFERENCE_ARTIFACT_DIR}/{reference.name}")
+    client.set_model_version_tag(
+        name, version, REFERENCE_URI_TAG, f"runs:/{run_id}/{REFERENCE_ARTIFACT_DIR}/{reference.name}"
+    )
 
     full = json.loads(Path(evaluation["evaluation_path"]).read_text())
     auc = float(full["challenger"]["overall"]["auc"])

@@ -67,7 +67,10 @@ def decide_training(
         return TrainingDecision(True, "asked on the trigger form (retrain: true)", policy, champion_version)
     if trigger_params.get("force_promotion"):
         return TrainingDecision(
-            True, "force_promotion asks for this run's model to become champion: it trains one", policy, champion_version
+            True,
+            "force_promotion asks for this run's model to become champion: it trains one",
+            policy,
+            champion_version,
         )
     if champion_version is None:
         return TrainingDecision(True, "no champion in the registry yet: this run trains the first one", policy, None)

@@ -63,7 +63,9 @@ def _epoch_log_callback(epochs: int):
                 # Keras starts after the epochs a BackupAndRestore checkpoint holds: a resumed training.
                 log.info(
                     "resumed training from its checkpoint: %d of %d epoch(s) already done, continuing with epoch %d",
-                    epoch, epochs, epoch + 1,
+                    epoch,
+                    epochs,
+                    epoch + 1,
                 )
             self.started = time.perf_counter()
 
@@ -217,7 +219,10 @@ def fit_model(
             core = build_core_model(preprocessing, cfg, steps_per_epoch)  # receives the weights trained under JAX
             job = {
                 # DataParallel splits every batch evenly over the devices: each a multiple of them.
-                "splits": {name: {**args, "batch_multiple": replicas} for name, args in (("train", train_args), ("validation", val_args))},
+                "splits": {
+                    name: {**args, "batch_multiple": replicas}
+                    for name, args in (("train", train_args), ("validation", val_args))
+                },
                 "dataset": dataset.model_dump(mode="json", by_alias=True),
                 "params": CoreParams.of(cfg).as_dict(),
                 "shape": dataclasses.asdict(core_shape(preprocessing)),

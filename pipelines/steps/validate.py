@@ -421,9 +421,7 @@ def release(
     staging = attempt_dir / "batch"
     days = sorted(p.name.removeprefix("date=") for p in staging.glob("date=*") if (p / PART_FILE).is_file())
     if not days:
-        raise ValueError(
-            f"{attempt_dir} holds no staged partition: fix the source and re-run the DAG for that date"
-        )
+        raise ValueError(f"{attempt_dir} holds no staged partition: fix the source and re-run the DAG for that date")
     n = 0
     while (report_dir := attempt_dir / f"release-{n}").exists():
         n += 1

@@ -329,7 +329,9 @@ def record_dataset_version(
                 f"branch {branch!r} is checked out in a work tree of {repo}; record on another branch"
             )
         previous = dvc_repo.git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
-        tagged = dvc_repo.git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}") if tag else None
+        tagged = (
+            dvc_repo.git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}") if tag else None
+        )
         if tagged is not None and tagged != previous:
             raise VersioningError(f"tag {tag!r} already exists on {tagged}, which is not the tip of {branch!r}")
         remote = dvc_repo.default_remote(repo)
@@ -382,7 +384,16 @@ def record_dataset_version(
                 previous or "",
             )
         if tag is not None and tagged is None:
-            dvc_repo.git(repo, "tag", "--annotate", "--message", message.strip() or tag, tag, commit, env=dvc_repo.identity_env(repo))
+            dvc_repo.git(
+                repo,
+                "tag",
+                "--annotate",
+                "--message",
+                message.strip() or tag,
+                tag,
+                commit,
+                env=dvc_repo.identity_env(repo),
+            )
     return DatasetVersion(git_rev=commit, branch=branch, tag=tag, content_hash=content_hash, pointers=per_pointer)
 
 

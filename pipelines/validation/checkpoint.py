@@ -38,7 +38,9 @@ def run_suite(frame: pd.DataFrame, name: str, expectations: list, report_dir: Pa
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    batch = ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+    batch = (
+        ctx.data_sources.add_pandas("pipeline").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+    )
     suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
     checkpoint = ctx.checkpoints.add(

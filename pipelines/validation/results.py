@@ -166,9 +166,7 @@ def describe(outcome: Outcome) -> str:
         return f"could not be evaluated: {outcome.error}"
     if outcome.rule == "expect_table_columns_to_match_set" and isinstance(res.get("observed_value"), list):
         expected, observed = set(kwargs.get("column_set") or []), set(res["observed_value"])
-        return (
-            f"missing columns {sorted(expected - observed)}, unexpected columns {sorted(observed - expected)}"
-        )
+        return f"missing columns {sorted(expected - observed)}, unexpected columns {sorted(observed - expected)}"
     parts = []
     rule = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "value_set")
     if "value_set" in kwargs:

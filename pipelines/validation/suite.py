@@ -35,7 +35,6 @@ _TYPES: dict[str, list[str]] = {
 }
 
 
-
 def schema_expectations(spec: DatasetConfig, columns: list[str]) -> list:
     """The schema phase: exactly ``columns``, each of its ``dataset.schema`` type."""
     import great_expectations.expectations as gxe

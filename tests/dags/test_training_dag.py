@@ -93,7 +93,9 @@ def test_a_run_that_does_not_train_still_versions_and_scores(dagbag) -> None:
     """should_train skips preprocess only; train, evaluate and register follow by their trigger rules."""
     dag = dagbag.dags["flights_training"]
     assert dag.get_task("should_train").ignore_downstream_trigger_rules is False
-    rules = {t.task_id: str(t.trigger_rule.value if hasattr(t.trigger_rule, "value") else t.trigger_rule) for t in dag.tasks}
+    rules = {
+        t.task_id: str(t.trigger_rule.value if hasattr(t.trigger_rule, "value") else t.trigger_rule) for t in dag.tasks
+    }
     assert rules["version_data"] == rules["batch_predict"] == "none_failed"
     for task_id in ("preprocess", "train", "evaluate", "register"):
         assert rules[task_id] == "all_success", task_id
@@ -122,7 +124,12 @@ def test_trigger_params_reject_bad_values(dagbag, key: str, value: object) -> No
 
 def test_trigger_params_accept_good_values(dagbag) -> None:
     params = copy.deepcopy(dagbag.dags["flights_training"].params)
-    for key, value in {"epochs": 3, "learning_rate": 0.01, "training_window_days": 60, "data_date": "2013-06-30"}.items():
+    for key, value in {
+        "epochs": 3,
+        "learning_rate": 0.01,
+        "training_window_days": 60,
+        "data_date": "2013-06-30",
+    }.items():
         params[key] = value
     assert params.validate()["epochs"] == 3
 
@@ -133,7 +140,12 @@ def test_trigger_params_map_onto_params_yaml(dagbag) -> None:
     from pipelines.runner import PARAM_OVERRIDES
 
     form = set(dagbag.dags["flights_training"].params) - {
-        "data_date", "force_promotion", "promotion_reason", "trigger_reason", "trigger_report", "retrain"
+        "data_date",
+        "force_promotion",
+        "promotion_reason",
+        "trigger_reason",
+        "trigger_report",
+        "retrain",
     }
     assert form == set(PARAM_OVERRIDES)
     params = load_params(REPO / "params.yaml")

@@ -57,7 +57,9 @@ def test_training_refuses_an_unknown_conf_key_in_collect(dagbag, airflow_db) -> 
 
     before = len(read_alerts(resolve().home))
     dag_run, tis = _run(
-        dagbag.dags["flights_training"], {"data_date": "2013-06-03", "epochz": 3}, dt.datetime(2013, 6, 4, 3, tzinfo=dt.UTC)
+        dagbag.dags["flights_training"],
+        {"data_date": "2013-06-03", "epochz": 3},
+        dt.datetime(2013, 6, 4, 3, tzinfo=dt.UTC),
     )
     assert dag_run.state == "failed"
     assert tis["collect"].state == "failed" and tis["collect"].try_number == 1, "not retried"
@@ -65,7 +67,9 @@ def test_training_refuses_an_unknown_conf_key_in_collect(dagbag, airflow_db) -> 
     assert not (resolve().run_dir("flights_training", dag_run.run_id) / "staging").exists(), "no data touched"
     [alert] = _alerts_of(dag_run.run_id, before)
     assert alert["details"]["task_id"] == "collect"
-    assert alert["details"]["error"].startswith("ConfigError: unknown trigger parameter(s) for flights_training: 'epochz'")
+    assert alert["details"]["error"].startswith(
+        "ConfigError: unknown trigger parameter(s) for flights_training: 'epochz'"
+    )
     assert "epochs" in alert["details"]["error"]
 
 

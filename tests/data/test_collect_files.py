@@ -210,7 +210,13 @@ def test_a_missing_day_is_an_empty_day_when_configured(params: Params, table: pd
     # With params.yaml's bounds (at least 100 rows a day) an empty day is refused.
     with pytest.raises(ValidationFailed, match="row_count"):
         validate_batch(
-            spec, params.validate_, tmp_path / "staging", ["2013-07-03"], tmp_path / "raw2", tmp_path / "r2", tmp_path / "q"
+            spec,
+            params.validate_,
+            tmp_path / "staging",
+            ["2013-07-03"],
+            tmp_path / "raw2",
+            tmp_path / "r2",
+            tmp_path / "q",
         )
 
 

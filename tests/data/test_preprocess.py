@@ -166,7 +166,9 @@ def test_preprocess_in_parts_of_days_gives_the_same_outputs(processed: Processed
     for col, moments in processed.stats["numeric"].items():
         for key, value in moments.items():
             assert stats["numeric"][col][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (col, key)
-    assert json.loads((out / "reference.json").read_text()) == json.loads((processed.out / "reference.json").read_text())
+    assert json.loads((out / "reference.json").read_text()) == json.loads(
+        (processed.out / "reference.json").read_text()
+    )
 
 
 def test_read_sample_is_seeded_uniform_and_in_file_order(processed: Processed, tmp_path: Path) -> None:
@@ -400,6 +402,7 @@ def test_deterministic_shuffle_gives_the_same_order_twice(processed: Processed) 
 
 def test_a_shuffled_batch_mixes_records_from_across_the_buffer(processed: Processed) -> None:
     """Records are shuffled before they are parsed together: a batch spans several days, not one record's."""
+
     def days_in_first_batch(**kwargs: Any) -> int:
         features, _ = next(iter(_dataset(processed, "train", **kwargs)))
         return len(set(zip(features["month"].numpy(), features["day"].numpy(), strict=True)))

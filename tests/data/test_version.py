@@ -477,9 +477,13 @@ def test_a_push_lost_on_the_network_is_left_to_the_retry(tmp_path: Path, monkeyp
     """The remote checks out (its endpoint answers) but the push breaks: transient, so fail_fast lets it through."""
     from pipelines.errors import StepError, TransientVersioningError, fail_fast
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                       "AWS_MAX_ATTEMPTS": "1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     endpoint, stop = _dropping_server()
     try:

@@ -163,7 +163,10 @@ def test_reproduce_a_model_version_from_its_lineage(versioned_runs, tmp_path) ->
     env = os.environ | {"PYTHONPATH": str(clone), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     exp = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=1", "--name", "one-epoch"],
-        cwd=clone, capture_output=True, text=True, env=env,
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert exp.returncode == 0, exp.stdout[-2000:] + exp.stderr[-2000:]
     shown = subprocess.run(
@@ -195,18 +198,29 @@ def test_a_teammate_pulls_a_model_versions_data_in_a_fresh_clone(versioned_runs,
 
     env = {**os.environ, "MLOPS_DVC_REPO": str(teammate), "MLOPS_DATA_DIR": str(teammate / "data")}
     versions = _versions(versioned_runs["runs"])
-    by_version = _pipelines("data", "pull", "--model-version", str(versions[0].version),
-                            "--dest", str(tmp_path / "v1"), cwd=teammate, env=env)
+    by_version = _pipelines(
+        "data",
+        "pull",
+        "--model-version",
+        str(versions[0].version),
+        "--dest",
+        str(tmp_path / "v1"),
+        cwd=teammate,
+        env=env,
+    )
     assert by_version.returncode == 0, by_version.stderr[-3000:]
-    pulled = json.loads(by_version.stdout[by_version.stdout.index("{"):])
+    pulled = json.loads(by_version.stdout[by_version.stdout.index("{") :])
     assert pulled["git_rev"] == versions[0].tags["lineage.dataset_git_rev"]
     processed = tmp_path / "v1" / "data" / "processed"
-    assert files_fingerprint(processed.glob("splits/*.parquet"), processed) == versions[0].tags["lineage.data_fingerprint"]
+    assert (
+        files_fingerprint(processed.glob("splits/*.parquet"), processed) == versions[0].tags["lineage.data_fingerprint"]
+    )
 
-    by_alias = _pipelines("data", "pull", "--alias", "challenger", "--dest", str(tmp_path / "challenger"),
-                          cwd=teammate, env=env)
+    by_alias = _pipelines(
+        "data", "pull", "--alias", "challenger", "--dest", str(tmp_path / "challenger"), cwd=teammate, env=env
+    )
     assert by_alias.returncode == 0, by_alias.stderr[-3000:]
-    assert json.loads(by_alias.stdout[by_alias.stdout.index("{"):])["model_version"] == str(versions[1].version)
+    assert json.loads(by_alias.stdout[by_alias.stdout.index("{") :])["model_version"] == str(versions[1].version)
 
     for args, expected in (
         (("--model-version", "999"), "flight_delay version 999 is not in the registry"),
@@ -218,8 +232,7 @@ def test_a_teammate_pulls_a_model_versions_data_in_a_fresh_clone(versioned_runs,
 
     # Without the registry's location: a clear error, and no stray empty mlflow.db anywhere.
     nowhere = tmp_path / "no-home"
-    lost = _pipelines("data", "pull", "--model-version", "1", cwd=teammate,
-                      env={**env, "MLOPS_HOME": str(nowhere)})
+    lost = _pipelines("data", "pull", "--model-version", "1", cwd=teammate, env={**env, "MLOPS_HOME": str(nowhere)})
     assert lost.returncode == 2 and "no MLflow registry at" in lost.stderr and "MLFLOW_TRACKING_URI" in lost.stderr
     assert not list(nowhere.rglob("mlflow.db")) and not list(teammate.rglob("mlflow.db"))
     assert _git(teammate, "status", "--porcelain") == ""

@@ -74,7 +74,11 @@ def start_command(args: list[str], env: dict[str, str], log: Path) -> subprocess
     with open(log, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "pipelines.ops.local", *args],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -132,7 +136,11 @@ def stop_everything(proc: subprocess.Popen) -> None:
 
 
 def listening_addresses(port: int) -> set[str]:
-    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
 
 
 def test_airflow_ui_from_a_plain_shell_runs_monitoring_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -150,7 +158,13 @@ def test_airflow_ui_from_a_plain_shell_runs_monitoring_and_stops_on_ctrl_c(tmp_p
         assert api.dag("flights_training")["is_paused"] is True  # no nightly training by opening the UI
         tree = process_tree(proc.pid)
         titles = [" ".join(p.cmdline()) for p in tree]
-        for component in ("airflow api_server", "airflow scheduler", "airflow dag-processor", "airflow triggerer", "pipelines.ops.worker"):
+        for component in (
+            "airflow api_server",
+            "airflow scheduler",
+            "airflow dag-processor",
+            "airflow triggerer",
+            "pipelines.ops.worker",
+        ):
             assert any(component in t for t in titles), titles
         # LocalExecutor starts [core] parallelism workers at once: sized to this machine, not 32.
         executor_workers = [t for t in titles if "LocalExecutor" in t]
@@ -192,7 +206,9 @@ def test_ctrl_c_stops_the_main_command_and_every_process_it_started(tmp_path: Pa
     port = free_port_block()
     env = plain_shell_env(tmp_path, port)
     log = tmp_path / "pipeline.log"
-    proc = start_command(["run", "--date", "2013-03-10", "--conf", '{"epochs": 1, "training_window_days": 9}'], env, log)
+    proc = start_command(
+        ["run", "--date", "2013-03-10", "--conf", '{"epochs": 1, "training_window_days": 9}'], env, log
+    )
     try:
         wait_for_line(proc, log, "triggered local__", timeout=600)
         # The main command's API server on the port from the settings, on loopback only.

@@ -63,7 +63,9 @@ class Journey:
     def commands(self) -> list[str]:
         """The block's commands, comments and blank lines left out (a trailing backslash joins lines)."""
         joined = self.body.replace("\\\n", " ")
-        return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+        return [
+            line.split("  #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")
+        ]
 
 
 def readme_journeys(text: str) -> list[Journey]:
@@ -133,7 +135,11 @@ def test_the_readme_journey_runs_as_written(journey: Journey, project: tuple[Pat
 def _run_block(journey: Journey, clone: Path, env: dict[str, str], log: Path) -> None:
     with open(log, "wb") as out:
         done = subprocess.run(
-            ["bash", "-e", "-o", "pipefail", "-c", journey.body], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
+            ["bash", "-e", "-o", "pipefail", "-c", journey.body],
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             timeout=1800,
         )
     assert done.returncode == 0, f"journey {journey.name} exited with {done.returncode}:\n{log.read_text()[-5000:]}"
@@ -150,7 +156,11 @@ class Server:
     def __enter__(self) -> Server:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                ["bash", "-c", self.command], cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                ["bash", "-c", self.command],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         try:
@@ -164,11 +174,15 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.command} exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
+                raise AssertionError(
+                    f"{self.command} exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}"
+                )
             if self._answers() and (self.ready_line is None or self.ready_line in self.log.read_text(errors="replace")):
                 return
             time.sleep(2)
-        raise AssertionError(f"{self.command}: {self.url} not ready after {timeout:.0f}s:\n{self.log.read_text()[-4000:]}")
+        raise AssertionError(
+            f"{self.command}: {self.url} not ready after {timeout:.0f}s:\n{self.log.read_text()[-4000:]}"
+        )
 
     def _answers(self) -> bool:
         try:

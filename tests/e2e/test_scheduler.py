@@ -73,11 +73,19 @@ def backfill(tmp_path_factory: pytest.TempPathFactory):
         cluster.wait_for_dag(MONITORING)
         cluster.unpause(MONITORING)
         cluster.airflow(
-            "backfill", "create", "--dag-id", TRAINING,
+            "backfill",
+            "create",
+            "--dag-id",
+            TRAINING,
             # Runs whose logical date (the night's 03:00 UTC) falls in [from, to].
-            "--from-date", NIGHTS[0].isoformat(), "--to-date", (NIGHTS[-1] + dt.timedelta(days=1)).isoformat(),
-            "--dag-run-conf", json.dumps(CONF),
-            "--max-active-runs", "1",  # one night at a time, like the nightly schedule
+            "--from-date",
+            NIGHTS[0].isoformat(),
+            "--to-date",
+            (NIGHTS[-1] + dt.timedelta(days=1)).isoformat(),
+            "--dag-run-conf",
+            json.dumps(CONF),
+            "--max-active-runs",
+            "1",  # one night at a time, like the nightly schedule
         )
         # The scheduler runs backfills of unpaused DAGs only, and would add tonight's
         # run (2026 mapped onto 2013) as soon as it is: no scheduled run during the test.
@@ -112,7 +120,9 @@ def _wait_for_monitoring_runs(cluster: AirflowCluster, count: int) -> list[dict]
         if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         time.sleep(3)
-    raise AssertionError(f"monitoring runs not done: {cluster.dag_runs(MONITORING)}\n{cluster.services.tail('scheduler')}")
+    raise AssertionError(
+        f"monitoring runs not done: {cluster.dag_runs(MONITORING)}\n{cluster.services.tail('scheduler')}"
+    )
 
 
 def test_every_night_of_the_backfill_succeeds(backfill) -> None:

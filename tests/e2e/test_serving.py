@@ -47,7 +47,13 @@ BASE = {
     "train.epochs": 1,
     "evaluate.baseline.max_iter": 1,
 }
-SERVE = {"watch_interval_seconds": 0.5, "shadow_alias": "challenger", "max_batch_rows": 200, "log_batch_rows": 100, "log_flush_seconds": 1}
+SERVE = {
+    "watch_interval_seconds": 0.5,
+    "shadow_alias": "challenger",
+    "max_batch_rows": 200,
+    "log_batch_rows": 100,
+    "log_flush_seconds": 1,
+}
 CLIENTS = 3  # requests in flight at once during the swaps
 MAX_SWAP_REQUESTS = 3000  # a bound on the load, whatever happens
 
@@ -274,7 +280,9 @@ def test_each_bad_request_gets_a_4xx_naming_it_and_the_service_keeps_serving(ser
 # --------------------------------------------------------------------------- following the alias
 
 
-def _load(server: Server, rows: list[dict[str, Any]], stop: threading.Event, out: list[tuple[float, float, int, str]]) -> None:
+def _load(
+    server: Server, rows: list[dict[str, Any]], stop: threading.Event, out: list[tuple[float, float, int, str]]
+) -> None:
     """Send single rows one after another until told to stop: (sent, received, status, version) each."""
     with httpx.Client(timeout=30) as http:
         i = 0
@@ -301,7 +309,11 @@ def test_a_promotion_and_a_rollback_under_load_drop_nothing(server: Server, regi
         rollback_at = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "pipelines", "rollback", "--reason", "serving test: back to v1"],
-            cwd=REPO, env=os.environ | registry["env"], capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            env=os.environ | registry["env"],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         _wait_for(server, lambda m: m["version"] == "1", "the rollback to v1")
@@ -331,7 +343,10 @@ def test_a_broken_version_is_not_swapped_in_and_is_counted(server: Server, regis
         assert _metric(server, "serve_model_load_failures_total", alias="champion", model_version="3") >= 1
         response = httpx.post(f"{server.url}/predict", json=row)
         assert response.status_code == 200 and response.json()["model_version"] == "1"
-        alerts = [json.loads(line) for line in (registry["root"] / "home" / "alerts" / "alerts.jsonl").read_text().splitlines()]
+        alerts = [
+            json.loads(line)
+            for line in (registry["root"] / "home" / "alerts" / "alerts.jsonl").read_text().splitlines()
+        ]
         refused = [a for a in alerts if a["event"] == "serving_model_rejected"]
         assert refused and refused[-1]["details"]["model_version"] == "3" and refused[-1]["details"]["serving"] == "1"
     finally:
@@ -358,7 +373,9 @@ def test_served_rows_and_shadow_scores_are_logged_by_day(server: Server, registr
     mine = served[served["request_id"] == tag].sort_values("row")
     assert len(mine) == 120 and list(mine["row"]) == list(range(120))
     assert mine["model_version"].eq("1").all() and mine["shadow_version"].eq("2").all()
-    np.testing.assert_allclose(mine["probability"], [p["probability"] for p in response.json()["predictions"]], atol=1e-7)
+    np.testing.assert_allclose(
+        mine["probability"], [p["probability"] for p in response.json()["predictions"]], atol=1e-7
+    )
     np.testing.assert_allclose(mine["shadow_probability"], _batch_scores(registry["uri"], "2", frame), atol=1e-5)
     pd.testing.assert_frame_equal(
         mine[list(frame.columns)].reset_index(drop=True), frame.reset_index(drop=True), check_dtype=False
@@ -398,10 +415,27 @@ def test_without_a_champion_the_service_is_alive_but_not_ready(tmp_path: Path) -
                 time.sleep(0.3)
         ready = httpx.get(f"{srv.url}/ready")
         assert ready.status_code == 503 and ready.json()["reason"] == "no model loaded yet"
-        row = {"month": 6, "day": 22, "day_of_week": 5, "hour": 19, "minute": 30, "sched_arr_time": 2154,
-               "distance": 1182.0, "temp": 69.98, "dewp": 60.08, "humid": 70.81, "wind_dir": 150.0,
-               "wind_speed": 8.06, "wind_gust": None, "precip": 0.0, "pressure": 1021.5, "visib": 10.0,
-               "carrier": "9E", "origin": "JFK", "dest": "MSY"}
+        row = {
+            "month": 6,
+            "day": 22,
+            "day_of_week": 5,
+            "hour": 19,
+            "minute": 30,
+            "sched_arr_time": 2154,
+            "distance": 1182.0,
+            "temp": 69.98,
+            "dewp": 60.08,
+            "humid": 70.81,
+            "wind_dir": 150.0,
+            "wind_speed": 8.06,
+            "wind_gust": None,
+            "precip": 0.0,
+            "pressure": 1021.5,
+            "visib": 10.0,
+            "carrier": "9E",
+            "origin": "JFK",
+            "dest": "MSY",
+        }
         answer = httpx.post(f"{srv.url}/predict", json=row)
         assert answer.status_code == 503 and "no model loaded" in answer.text
         info = _model(srv)

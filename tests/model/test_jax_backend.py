@@ -56,7 +56,14 @@ def jax_trained(params: Params, processed: tuple[Path, dict[str, Any]], tmp_path
     model, history, _ = fit_model(params.dataset, params.preprocess, params.train, out, hardware, [Seen()])
     saved = tmp_path_factory.mktemp("jax-model") / "model.keras"
     model.save(saved)
-    return {"hardware": hardware, "model": model, "history": history, "saved": saved, "loaded": load_model(str(saved)), "epochs": epochs}
+    return {
+        "hardware": hardware,
+        "model": model,
+        "history": history,
+        "saved": saved,
+        "loaded": load_model(str(saved)),
+        "epochs": epochs,
+    }
 
 
 def _holdout(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:  # noqa: F811
@@ -207,7 +214,12 @@ def test_same_weights_score_the_same_rows_the_same_under_both_backends(
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, "-c", _JAX_SCORE, str(tmp_path / "job.json")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, path in weights.items():

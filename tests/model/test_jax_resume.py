@@ -37,7 +37,9 @@ def test_killed_jax_training_resumes_from_its_last_completed_epoch(jax_workspace
     ws = jax_workspace
     log1 = ws["root"] / "first.log"
     with open(log1, "wb") as out:
-        first = subprocess.Popen(_command(ws), env=_env(ws), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        first = subprocess.Popen(
+            _command(ws), env=_env(ws), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 300
         while 2 not in _epochs_logged(log1.read_text(errors="replace")):
             assert first.poll() is None, f"training ended before its second epoch:\n{log1.read_text()[-3000:]}"

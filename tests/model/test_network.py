@@ -102,7 +102,9 @@ def trained(
     out, manifest = processed
     stats = json.loads((out / STATS_FILE).read_text(encoding="utf-8"))
     keras.utils.set_random_seed(params.train.seed)
-    model, history, _ = fit_model(params.dataset, params.preprocess, params.train, out, select_hardware(mixed_precision=False))
+    model, history, _ = fit_model(
+        params.dataset, params.preprocess, params.train, out, select_hardware(mixed_precision=False)
+    )
     saved = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(saved)
     return Trained(params, out, manifest, stats, model, history, saved)
@@ -161,7 +163,13 @@ def test_disk_cache_trains_as_the_memory_cache_and_is_removed(
     params = trained.params.with_overrides({"train.cache": "disk"})
     keras.utils.set_random_seed(params.train.seed)
     _, history, _ = fit_model(
-        params.dataset, params.preprocess, params.train, processed[0], select_hardware(mixed_precision=False), [CacheFiles()], cache_dir=tmp_path
+        params.dataset,
+        params.preprocess,
+        params.train,
+        processed[0],
+        select_hardware(mixed_precision=False),
+        [CacheFiles()],
+        cache_dir=tmp_path,
     )
     assert len(seen) == 2 and all(any(n.startswith("train") for n in names) for names in seen), seen
     assert any(n.startswith("validation") for n in seen[0])

@@ -104,12 +104,15 @@ def test_rollback_moves_champion_back_and_is_recorded(registry) -> None:
         [sys.executable, "-m", "pipelines", "rollback", "--reason", "v3 scores badly on Mondays"],
         capture_output=True,
         text=True,
-        env=os.environ | {"MLOPS_HOME": str(registry["root"] / "home"), "MLOPS_DATA_DIR": str(registry["root"] / "data")},
+        env=os.environ
+        | {"MLOPS_HOME": str(registry["root"] / "home"), "MLOPS_DATA_DIR": str(registry["root"] / "data")},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     assert "| rollback | v1 | v3 |" in _log(registry)
-    assert "v3 scores badly on Mondays" in json.loads(client.get_model_version(NAME, "1").tags["promotion.last"])["reason"]
+    assert (
+        "v3 scores badly on Mondays" in json.loads(client.get_model_version(NAME, "1").tags["promotion.last"])["reason"]
+    )
 
 
 def test_forcing_without_a_reason_is_refused_before_any_work() -> None:
@@ -131,7 +134,13 @@ def test_evaluation_has_slices_plots_and_a_model_card(registry) -> None:
     logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/curves.png", "evaluation/confusion_matrix.png", "evaluation/evaluation.json"} <= logged
     card = Path(registry["r2"]["register"]["model_card"]).read_text()
-    for section in ("## Intended use", "## Limits", "## Data lineage", "## Holdout AUC by slice", "## Promotion decision"):
+    for section in (
+        "## Intended use",
+        "## Limits",
+        "## Data lineage",
+        "## Holdout AUC by slice",
+        "## Promotion decision",
+    ):
         assert section in card
     assert "refused" in card
     assert {a.path for a in client.list_artifacts(run_id, "model_card/v2")} == {"model_card/v2/model_card.md"}
@@ -206,7 +215,9 @@ def test_a_model_trained_on_a_batch_with_warnings_waits_for_a_person(registry) -
     first = registry["first"]
     validated = {
         "success": True,
-        "warnings": ["[values] column 'carrier': expect_column_values_to_be_in_set (unseen_categories, warn): 9 of 900"],
+        "warnings": [
+            "[values] column 'carrier': expect_column_values_to_be_in_set (unseen_categories, warn): 9 of 900"
+        ],
     }
     ctx = RunContext(dag_id="promo", run_id="r5", run_day=DAY, overrides=BASE)
     reg = run_register(ctx, first["preprocess"], first["train"], first["evaluate"], None, validated)

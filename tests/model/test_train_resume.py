@@ -66,8 +66,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _command(ws: dict[str, Path]) -> list[str]:
     return [
-        sys.executable, "-m", "pipelines", "step", "train",
-        "--params", str(ws["params"]), "--processed", str(ws["processed"]), "--model-dir", str(ws["model"]),
+        sys.executable,
+        "-m",
+        "pipelines",
+        "step",
+        "train",
+        "--params",
+        str(ws["params"]),
+        "--processed",
+        str(ws["processed"]),
+        "--model-dir",
+        str(ws["model"]),
     ]
 
 
@@ -125,7 +134,7 @@ def test_killed_training_resumes_from_its_last_completed_epoch(workspace: dict[s
     )
     assert resumed in second.stdout + second.stderr, "a resumed training says so, and from which epoch"
     assert "resumed training" not in log1.read_text(errors="replace"), "a fresh training does not"
-    result = json.loads(second.stdout[second.stdout.index("{"):])
+    result = json.loads(second.stdout[second.stdout.index("{") :])
     assert result["epochs_run"] == len(after)
     assert 0.6 < result["best_val_auc"] < 0.95  # June, a week of training: about 0.7
     assert (workspace["model"] / "model.keras").exists()

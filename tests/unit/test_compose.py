@@ -382,7 +382,6 @@ def test_data_and_its_repository_live_in_a_volume_every_worker_shares(services: 
     assert 'git -C "$$MLOPS_DVC_REPO" init' in init, "airflow-init creates the data repository"
 
 
-
 def test_model_server_serves_the_workers_registry_on_loopback(services: dict[str, Any]) -> None:
     """The prediction service: the workers' image, registry and data folder; ready once a model is loaded."""
     import importlib.util
@@ -398,6 +397,7 @@ def test_model_server_serves_the_workers_registry_on_loopback(services: dict[str
     assert env["MLOPS_SERVE_HOST"] == "0.0.0.0" and server["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert f"http://localhost:{port}/ready" in " ".join(server["healthcheck"]["test"])
     assert server["depends_on"]["mlflow"]["condition"] == "service_healthy"
+
 
 # --- the KubernetesExecutor equivalent (docs/kubernetes) -------------------------------
 

@@ -40,9 +40,14 @@ EVALUATION = {
 
 def _card(spec: DatasetConfig) -> str:
     return model_card(
-        "m", "1", EVALUATION, Decision(True, ["AUC 0.71 meets the floor 0.6"]), {"run_id": "r"},
+        "m",
+        "1",
+        EVALUATION,
+        Decision(True, ["AUC 0.71 meets the floor 0.6"]),
+        {"run_id": "r"},
         {"numeric": list(spec.features.numeric), "categorical": list(spec.features.categorical)},
-        "outcome gt 0.5, missing counts as positive", spec,
+        "outcome gt 0.5, missing counts as positive",
+        spec,
     )
 
 

@@ -31,7 +31,16 @@ def test_stage_libraries_import(stage: str) -> None:
 
 def test_installed_versions_match_the_lock() -> None:
     pins = dict(re.findall(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;]+)", LOCK.read_text(), flags=re.M))
-    for dist in ("apache-airflow", "mlflow", "dvc", "great-expectations", "evidently", "scikit-learn", "tensorflow-cpu", "pandas"):
+    for dist in (
+        "apache-airflow",
+        "mlflow",
+        "dvc",
+        "great-expectations",
+        "evidently",
+        "scikit-learn",
+        "tensorflow-cpu",
+        "pandas",
+    ):
         locked = pins.get(dist) or pins.get(f"{dist}[auth]")
         assert locked, f"{dist} is not pinned in {LOCK.name}"
         assert md.version(dist) == locked, f"{dist}: installed {md.version(dist)}, locked {locked}"

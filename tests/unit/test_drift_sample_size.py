@@ -21,13 +21,25 @@ SPEC = DatasetConfig.model_validate(
         "key_columns": [],
         "features": {"numeric": ["a", "b", "c"], "categorical": ["site", "kind"]},
         "label": {"source_column": "outcome", "threshold": 0.5},
-        "schema": {"day": "date", "a": "float", "b": "float", "c": "float", "site": "string", "kind": "string",
-                   "outcome": "float"},
+        "schema": {
+            "day": "date",
+            "a": "float",
+            "b": "float",
+            "c": "float",
+            "site": "string",
+            "kind": "string",
+            "outcome": "float",
+        },
     }
 )
 # Thresholds a team tunes on weeks of thousands of rows (Evidently's own defaults for these methods).
-DRIFT = {"num_method": "wasserstein", "num_threshold": 0.1, "cat_method": "jensenshannon", "cat_threshold": 0.1,
-         "drift_share": 0.3}
+DRIFT = {
+    "num_method": "wasserstein",
+    "num_threshold": 0.1,
+    "cat_method": "jensenshannon",
+    "cat_threshold": 0.1,
+    "drift_share": 0.3,
+}
 
 
 def _rows(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:

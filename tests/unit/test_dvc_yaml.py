@@ -76,7 +76,9 @@ def _entry_imports(stage: str) -> set[str]:
             continue
         seen.add(name)
         names |= _imports(functions[name])
-        todo += [c.func.id for c in ast.walk(functions[name]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)]
+        todo += [
+            c.func.id for c in ast.walk(functions[name]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+        ]
     return names
 
 
@@ -88,7 +90,9 @@ def _step_sections(stage: str) -> set[str]:
     sections: set[str] = set()
     for arg in [*step.args.posonlyargs, *step.args.args, *step.args.kwonlyargs]:
         kind = ast.unparse(arg.annotation) if arg.annotation else ""
-        sections |= set(section_of.values()) if kind == "Params" else {section_of[kind]} if kind in section_of else set()
+        sections |= (
+            set(section_of.values()) if kind == "Params" else {section_of[kind]} if kind in section_of else set()
+        )
     return sections
 
 
@@ -126,7 +130,10 @@ def test_the_check_reports_a_cut_param_and_a_cut_dep() -> None:
     cut = copy.deepcopy(_dvc_yaml())
     cut["stages"]["evaluate"]["params"].remove("register")
     cut["stages"]["train"]["deps"].remove("pipelines/model/network.py")
-    assert drift(cut) == ["stage train: deps misses pipelines/model/network.py", "stage evaluate: params misses register"]
+    assert drift(cut) == [
+        "stage train: deps misses pipelines/model/network.py",
+        "stage evaluate: params misses register",
+    ]
 
 
 def test_what_a_step_reads_follows_its_code() -> None:

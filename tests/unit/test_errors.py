@@ -111,9 +111,21 @@ def warm(tmp_path_factory):
     path = Path(tempfile.gettempdir()) / f"mlops-test-errors-{os.getpid()}.sock"
     env = {**os.environ, worker.ENV_MODE: "warm", worker.ENV_SOCKET: str(path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.ops.worker", "serve", "--socket", str(path), "--idle-timeout", "0",
-         "--preload", "pipelines.config"],
-        env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.ops.worker",
+            "serve",
+            "--socket",
+            str(path),
+            "--idle-timeout",
+            "0",
+            "--preload",
+            "pipelines.config",
+        ],
+        env=env,
+        stdout=open(tmp / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         worker.wait_ready(env, timeout=60)
@@ -134,7 +146,9 @@ def test_a_step_error_raised_in_the_step_worker_fails_the_task(use_worker, tmp_p
     """The step's ConfigError crosses from the worker's process intact, then fails the task at once."""
     missing = tmp_path / "no-params.yaml"
     ctx = RunContext(
-        dag_id="flights_training", run_id="manual__errors", run_day=dt.date(2013, 6, 1),
+        dag_id="flights_training",
+        run_id="manual__errors",
+        run_day=dt.date(2013, 6, 1),
         settings=dataclasses.replace(resolve(), params_path=missing),
     )
     with pytest.raises(ConfigError) as raw:

@@ -16,7 +16,9 @@ def test_executor_parallelism_follows_the_cpu_count(cpus: int, parallelism: int,
     assert sizing["AIRFLOW__API__WORKERS"] == "1"
 
 
-def test_the_local_airflow_is_sized_to_this_machine_unless_the_environment_says_otherwise(tmp_path, monkeypatch) -> None:
+def test_the_local_airflow_is_sized_to_this_machine_unless_the_environment_says_otherwise(
+    tmp_path, monkeypatch
+) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     env = airflow_env(tmp_path / "a")
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4"  # Airflow's own default, 32 idle workers, on 2 cores
@@ -36,7 +38,10 @@ def test_the_api_server_listens_on_this_machine_only_by_default(tmp_path) -> Non
 def test_ports_come_from_the_environment_with_documented_defaults() -> None:
     default = resolve({})
     assert (default.airflow_port, default.mlflow_port, default.serve_port, default.bind_host) == (
-        8080, 5000, 8000, "127.0.0.1",
+        8080,
+        5000,
+        8000,
+        "127.0.0.1",
     )
     chosen = resolve({"MLOPS_AIRFLOW_PORT": "18080", "MLOPS_MLFLOW_PORT": "15000", "MLOPS_SERVE_PORT": "18000"})
     assert (chosen.airflow_port, chosen.mlflow_port, chosen.serve_port) == (18080, 15000, 18000)

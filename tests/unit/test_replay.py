@@ -36,7 +36,13 @@ def _record(day: str, monitoring: list[dict], retraining: dict | None, versions:
     return {
         "day": day,
         "seconds": 95.0,
-        "training": {"run_id": f"replay__{day}", "state": "success", "seconds": 40.2, "trained": False, "model_version": None},
+        "training": {
+            "run_id": f"replay__{day}",
+            "state": "success",
+            "seconds": 40.2,
+            "trained": False,
+            "model_version": None,
+        },
         "monitoring": monitoring,
         "retraining": retraining,
         "scored": {"day": "next", "rows": 900, "versions": versions},
@@ -45,7 +51,9 @@ def _record(day: str, monitoring: list[dict], retraining: dict | None, versions:
 
 def test_overrides_from_the_command_line() -> None:
     assert parse_set(["train.epochs=4", "monitor.drift.drift_share=0.2", "train.retrain=nightly"]) == {
-        "train.epochs": 4, "monitor.drift.drift_share": 0.2, "train.retrain": "nightly",
+        "train.epochs": 4,
+        "monitor.drift.drift_share": 0.2,
+        "train.retrain": "nightly",
     }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_set(["train.epochs"])
@@ -79,9 +87,19 @@ def test_monitoring_summary_reads_the_decision_and_its_checks() -> None:
 
 def test_table_shows_each_night_decision_and_who_scored() -> None:
     asked = {"run_id": "m1", "state": "success", **monitoring_summary(DECISION)}
-    cooldown = {"run_id": "m2", "state": "success", **monitoring_summary({**DECISION, "retrain": False, "blocked_by": "cooldown"})}
-    retraining = {"run_id": DECISION["trigger_run_id"], "state": "success", "seconds": 88.0, "trained": True,
-                  "model_version": "4", "promoted": True}
+    cooldown = {
+        "run_id": "m2",
+        "state": "success",
+        **monitoring_summary({**DECISION, "retrain": False, "blocked_by": "cooldown"}),
+    }
+    retraining = {
+        "run_id": DECISION["trigger_run_id"],
+        "state": "success",
+        "seconds": 88.0,
+        "trained": True,
+        "model_version": "4",
+        "promoted": True,
+    }
     skipped = {"run_id": "m3", "state": "success", "decided": False, "note": "wait_for_data skipped"}
     table = markdown_table(
         [_record("2013-07-07", [asked, cooldown], retraining, ["4"]), _record("2013-07-08", [skipped], None, ["4"])]

@@ -32,8 +32,16 @@ def params() -> Params:
 def _version(version: str, features: FeatureSpec) -> ServedModel:
     """A version record; its scoring function is never called by the log."""
     return ServedModel(
-        name="flight_delay", version=version, alias="champion", run_id=None, dataset_revision=None, threshold=0.5,
-        threshold_source="params", features=features, loaded_at="2026-01-01T00:00:00+00:00", load_seconds=0.0,
+        name="flight_delay",
+        version=version,
+        alias="champion",
+        run_id=None,
+        dataset_revision=None,
+        threshold=0.5,
+        threshold_source="params",
+        features=features,
+        loaded_at="2026-01-01T00:00:00+00:00",
+        load_seconds=0.0,
         _score=lambda inputs: np.zeros(1),
     )
 
@@ -84,7 +92,14 @@ def test_an_unreachable_registry_keeps_what_is_served_and_reports_it(params: Par
     metrics = ServiceMetrics()
     alerts: list[str] = []
     watcher = ModelWatcher(
-        mlflow.MlflowClient(uri, uri), "flight_delay", "champion", None, 1.0, params.dataset.features, 0.5, metrics,
+        mlflow.MlflowClient(uri, uri),
+        "flight_delay",
+        "champion",
+        None,
+        1.0,
+        params.dataset.features,
+        0.5,
+        metrics,
         lambda summary, details: alerts.append(summary),
     )
     serving = _version("7", params.dataset.features)

@@ -13,13 +13,21 @@ CFG = ValidateConfig(severity={"unseen_categories": "warn", "row_count": "warn"}
 
 
 def _rows_outcome(rows: int, lo: int = 100, hi: int = 200) -> Outcome:
-    return Outcome("values", ROW_COUNT, None, "row_count", {"min_value": lo, "max_value": hi}, False,
-                   {"observed_value": rows})
+    return Outcome(
+        "values", ROW_COUNT, None, "row_count", {"min_value": lo, "max_value": hi}, False, {"observed_value": rows}
+    )
 
 
 def _share_outcome(percent: float) -> Outcome:
-    return Outcome("values", "expect_column_values_to_be_in_set", "carrier", "unseen_categories", {"mostly": 0.99},
-                   False, {"element_count": 1000, "unexpected_count": int(percent * 10), "unexpected_percent": percent})
+    return Outcome(
+        "values",
+        "expect_column_values_to_be_in_set",
+        "carrier",
+        "unseen_categories",
+        {"mostly": 0.99},
+        False,
+        {"element_count": 1000, "unexpected_count": int(percent * 10), "unexpected_percent": percent},
+    )
 
 
 @pytest.mark.parametrize(("percent", "severity"), [(5.0, "warn"), (20.0, "warn"), (42.0, "stop")])

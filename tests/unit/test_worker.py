@@ -21,9 +21,21 @@ def warm(tmp_path_factory):
     path = Path("/tmp") / f"mlops-test-worker-{os.getpid()}.sock"
     env = {**os.environ, worker.ENV_MODE: "warm", worker.ENV_SOCKET: str(path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.ops.worker", "serve", "--socket", str(path), "--idle-timeout", "0",
-         "--preload", "pipelines.config"],
-        env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.ops.worker",
+            "serve",
+            "--socket",
+            str(path),
+            "--idle-timeout",
+            "0",
+            "--preload",
+            "pipelines.config",
+        ],
+        env=env,
+        stdout=open(tmp / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         worker.wait_ready(env, timeout=60)
@@ -88,10 +100,7 @@ def test_stale_worker_is_bypassed(use_worker, monkeypatch) -> None:
 
 
 def test_a_step_whose_task_goes_away_is_stopped(use_worker) -> None:
-    code = (
-        "import time\nfrom pipelines.ops import worker\n"
-        "worker.call(time.sleep, 120)\n"
-    )
+    code = "import time\nfrom pipelines.ops import worker\nworker.call(time.sleep, 120)\n"
     task = subprocess.Popen([sys.executable, "-c", code], env=use_worker["env"])
     deadline = time.monotonic() + 30
     step_pid = None
