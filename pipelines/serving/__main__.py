@@ -1,14 +1,12 @@
 """``python -m pipelines.serving`` (``make serve``): the prediction service on one uvicorn worker.
 
-Environment (besides :mod:`pipelines.settings`: the registry, the data folder, the params file):
-    MLOPS_SERVE_HOST  the address to listen on; default ``127.0.0.1``
-    MLOPS_SERVE_PORT  the port; default ``8000``
+Where it listens comes from :mod:`pipelines.settings` like every local server's address:
+``MLOPS_BIND_HOST`` (default ``127.0.0.1``) and ``MLOPS_SERVE_PORT`` (default ``8000``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 
 def main() -> int:
@@ -22,10 +20,15 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = resolve()
     params = load_params(settings.params_path)
-    host = os.environ.get("MLOPS_SERVE_HOST", "127.0.0.1")
-    port = int(os.environ.get("MLOPS_SERVE_PORT", "8000"))
     # One worker: each worker would load its own copy of every served version.
-    uvicorn.run(create_app(params, settings), host=host, port=port, workers=1, access_log=False, log_config=None)
+    uvicorn.run(
+        create_app(params, settings),
+        host=settings.bind_host,
+        port=settings.serve_port,
+        workers=1,
+        access_log=False,
+        log_config=None,
+    )
     return 0
 
 

@@ -394,7 +394,7 @@ def test_model_server_serves_the_workers_registry_on_loopback(services: dict[str
         assert env[key] == worker_env[key], f"model-server {key} differs from the workers'"
     assert _mounts(server) == {"/opt/airflow/mlops": "mlops-state"}, "the served log lives beside the data"
     port = env["MLOPS_SERVE_PORT"]
-    assert env["MLOPS_SERVE_HOST"] == "0.0.0.0" and server["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert env["MLOPS_BIND_HOST"] == "0.0.0.0" and server["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert f"http://localhost:{port}/ready" in " ".join(server["healthcheck"]["test"])
     assert server["depends_on"]["mlflow"]["condition"] == "service_healthy"
 

@@ -37,3 +37,10 @@ def test_relative_links_and_anchors_resolve(page: Path) -> None:
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{target}: no heading with that anchor")
     assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_paths_named_in_backticks_exist(page: Path) -> None:
+    named = re.findall(r"`((?:pipelines|dags|plugins|tests|benchmarks|docker|docs)/[\w./-]*)`", page.read_text())
+    missing = [path for path in named if not (REPO / path.rstrip("/")).exists()]
+    assert not missing, f"{page.relative_to(REPO)} names files that do not exist: {missing}"
