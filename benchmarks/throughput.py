@@ -142,7 +142,7 @@ def child_validate(params_file: str, processed: str, n: int) -> dict:
     days = sorted(pd.to_datetime(year[spec.time_column]).dt.date.unique())
     t0 = time.perf_counter()
     report_ = validate_frame(
-        year, spec, params.validate_, Path(tempfile.mkdtemp()), n_days=len(days), first_day=days[0], last_day=days[-1]
+        year, spec, params.validation, Path(tempfile.mkdtemp()), n_days=len(days), first_day=days[0], last_day=days[-1]
     )
     seconds = time.perf_counter() - t0
     return {

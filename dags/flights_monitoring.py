@@ -184,13 +184,13 @@ def flights_monitoring():
     @task(inlets=[RETRAINING_REQUESTED])
     @fail_fast
     def decide(data: dict, data_drift: dict, prediction_drift: dict, performance: dict) -> dict:
-        from pipelines.runner import run_decide
+        from pipelines.runner import run_retrain_decision
 
         ctx, run = get_current_context(), _run_context(data["day"])
         last = ctx["asset_state_store"][RETRAINING_REQUESTED].get(LAST_RETRAINING_KEY)
         active = ctx["ti"].get_dr_count(dag_id=run.params.monitor.training_dag_id, states=["queued", "running"])
         checks = {"data_drift": data_drift, "prediction_drift": prediction_drift, "performance": performance}
-        return run_decide(run, checks, last, active)
+        return run_retrain_decision(run, checks, last, active)
 
     @task.short_circuit
     def should_retrain(decision: dict) -> bool:

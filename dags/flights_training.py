@@ -197,9 +197,9 @@ def flights_training():
     @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=5))
     @fail_fast
     def should_train(validated: dict) -> bool:
-        from pipelines.runner import run_decide_training
+        from pipelines.runner import run_should_train
 
-        return bool(run_decide_training(_run_context(), dict(get_current_context()["params"]))["train"])
+        return bool(run_should_train(_run_context(), dict(get_current_context()["params"]))["train"])
 
     @task(execution_timeout=dt.timedelta(minutes=15))
     @fail_fast

@@ -163,7 +163,7 @@ def _evaluate_stage(params: Params, args: argparse.Namespace) -> dict:
         params.preprocess,
         params.train,
         params.evaluate,
-        params.register_,
+        params.registration,
         args.processed,
         args.model_dir / "model.keras",
         args.out,
@@ -193,8 +193,8 @@ def _monitor(args: argparse.Namespace) -> int:
         run_check_performance,
         run_check_prediction_drift,
         run_check_published,
-        run_decide,
         run_resolve_champion,
+        run_retrain_decision,
     )
 
     ctx = RunContext(
@@ -221,7 +221,7 @@ def _monitor(args: argparse.Namespace) -> int:
         "prediction_drift": run_check_prediction_drift(ctx, champion),
         "performance": run_check_performance(ctx, champion),
     }
-    decision = run_decide(ctx, checks, None, 0)
+    decision = run_retrain_decision(ctx, checks, None, 0)
     kinds = {"data_drift": DataDrift, "prediction_drift": PredictionDrift, "performance": Performance}
     print(f"monitored {decision['day']} with {champion['model_name']} v{champion['version']}")
     for name, result in checks.items():
@@ -241,7 +241,7 @@ def _data_pull(args: argparse.Namespace) -> int:
     settings = resolve()
     dest = args.dest
     if dest is None:  # named after the version the alias points to now
-        name = load_params(settings.params_path).register_.model_name
+        name = load_params(settings.params_path).registration.model_name
         found = model_dataset(
             registry_client(settings.tracking_uri), name, version=args.model_version, alias=args.alias
         )
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.settings import resolve
 
             settings = resolve()
-            name = load_params(settings.params_path).register_.model_name
+            name = load_params(settings.params_path).registration.model_name
             client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
             try:
                 result = rollback(client, name, args.reason, settings.home)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = release(
                     params.dataset,
-                    params.validate_,
+                    params.validation,
                     args.attempt,
                     settings.raw_dir,
                     reference=load_validation_reference(settings.processed_dir),

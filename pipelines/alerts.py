@@ -265,7 +265,7 @@ def on_failure_callback(context: Mapping[str, Any]) -> None:
 
 
 def retraining_alert(decision: Mapping[str, Any], *, dag_id: str, run_id: str, training_run_id: str) -> Alert:
-    """The ``retraining_triggered`` alert for a decision of :func:`pipelines.steps.monitor.decide`."""
+    """The ``retraining_triggered`` alert for a decision of :func:`pipelines.steps.monitor.retrain_decision`."""
     return Alert(
         event="retraining_triggered",
         summary=f"retraining triggered ({training_run_id}): {decision['reason']}",

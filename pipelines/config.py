@@ -543,11 +543,11 @@ class Params(_Section):
 
     dataset: DatasetConfig
     collect: CollectConfig = CollectConfig()
-    validate_: Annotated[ValidateConfig, Field(alias="validate")] = ValidateConfig()
+    validation: Annotated[ValidateConfig, Field(alias="validate")] = ValidateConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    register_: Annotated[RegisterConfig, Field(alias="register")] = RegisterConfig()
+    registration: Annotated[RegisterConfig, Field(alias="register")] = RegisterConfig()
     predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
     monitor: MonitorConfig = MonitorConfig()
@@ -616,7 +616,7 @@ def column_problems(params: Params) -> list[str]:
     schema = set(spec.schema_)
     # What the processed splits carry, so what evaluation can slice on (see steps/preprocess.py).
     processed = {*spec.key_columns, spec.time_column, *spec.features.all}
-    rules = params.validate_
+    rules = params.validation
     problems = [
         f"validate.{rule}.{col}: no column '{col}' in dataset.schema"
         for rule, columns in (

@@ -1,6 +1,6 @@
 """Champion/challenger promotion, rollback, the promotion log and model cards.
 
-The gate (:func:`decide`) is a pure function of the evaluation: the
+The gate (:func:`promotion_decision`) is a pure function of the evaluation: the
 challenger and the current champion scored on the same holdout in the same
 run. Every alias move, by the gate, by force or by rollback, is recorded on
 the model versions (tags) and appended to a promotion log a person can read
@@ -38,7 +38,7 @@ class Decision:
         return f"{verdict}: " + "; ".join(self.reasons)
 
 
-def decide(
+def promotion_decision(
     evaluation: dict[str, Any],
     cfg: RegisterConfig,
     force_reason: str | None = None,

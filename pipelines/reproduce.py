@@ -36,7 +36,7 @@ def reproduce(model_version: str, *, tolerance: float = 0.01, workdir: Path | No
     from pipelines.data.pull import pull_model_data
 
     settings = resolve()
-    name = load_params(settings.params_path).register_.model_name
+    name = load_params(settings.params_path).registration.model_name
     root = workdir or Path(tempfile.mkdtemp(prefix="flights-reproduce-"))
     dest = root / f"{name}-v{model_version}"
     pulled = pull_model_data(settings, dest, version=str(model_version))

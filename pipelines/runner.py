@@ -154,7 +154,7 @@ def run_collect(ctx: RunContext) -> dict[str, Any]:
         ctx.settings.raw_dir,
         window_days=window,
         quarantine_dir=ctx.settings.quarantine_dir / ctx.run_dir.name,
-        max_rows=params.validate_.rows_per_day[1],  # per day: each day is fetched on its own
+        max_rows=params.validation.rows_per_day[1],  # per day: each day is fetched on its own
     ).as_dict()
 
 
@@ -169,7 +169,7 @@ def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
     try:
         return validate_batch(
             ctx.params.dataset,
-            ctx.params.validate_,
+            ctx.params.validation,
             Path(collected["staging_dir"]),
             collected["days"],
             ctx.settings.raw_dir,
@@ -185,7 +185,7 @@ def run_validate(ctx: RunContext, collected: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-def run_decide_training(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+def run_should_train(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
     """Whether this run trains, by ``train.retrain`` (see :mod:`pipelines.steps.should_train`).
 
     With ``on_demand`` the registry is asked for the champion (in the step worker: it
@@ -194,25 +194,25 @@ def run_decide_training(ctx: RunContext, trigger_params: dict[str, Any]) -> dict
     (``training_decision.json``).
     """
     if ctx.params.train.retrain == "on_demand":
-        return _decide_training_with_registry(ctx, trigger_params)
-    return _decide_training(ctx, trigger_params, None)
+        return _should_train_with_registry(ctx, trigger_params)
+    return _should_train(ctx, trigger_params, None)
 
 
 @in_step_worker
-def _decide_training_with_registry(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
+def _should_train_with_registry(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     from pipelines.promotion import CHAMPION, alias_version
 
     client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
-    champion = alias_version(client, ctx.params.register_.model_name, CHAMPION)
-    return _decide_training(ctx, trigger_params, champion)
+    champion = alias_version(client, ctx.params.registration.model_name, CHAMPION)
+    return _should_train(ctx, trigger_params, champion)
 
 
-def _decide_training(ctx: RunContext, trigger_params: dict[str, Any], champion: Any) -> dict[str, Any]:
-    from pipelines.steps.should_train import decide_training, record_decision
+def _should_train(ctx: RunContext, trigger_params: dict[str, Any], champion: Any) -> dict[str, Any]:
+    from pipelines.steps.should_train import record_decision, training_decision
 
-    decision = decide_training(ctx.params.train.retrain, trigger_params, champion)
+    decision = training_decision(ctx.params.train.retrain, trigger_params, champion)
     record_decision(decision, ctx.run_dir)
     return decision.as_dict()
 
@@ -293,7 +293,7 @@ def run_evaluate(ctx: RunContext, processed: dict[str, Any], trained: dict[str, 
         params.preprocess,
         params.train,
         params.evaluate,
-        params.register_,
+        params.registration,
         Path(processed["processed_dir"]),
         Path(trained["model_path"]),
         ctx.run_dir / "evaluation",
@@ -320,7 +320,7 @@ def run_register(
         params.dataset,
         params.train,
         params.predict,
-        params.register_,
+        params.registration,
         params.monitor,
         Path(processed["processed_dir"]),
         Path(trained["model_path"]),
@@ -342,9 +342,9 @@ def run_batch_predict(ctx: RunContext) -> dict[str, Any]:
     params = ctx.params
     return batch_predict(
         params.dataset,
-        params.validate_,
+        params.validation,
         params.evaluate,
-        params.register_,
+        params.registration,
         params.predict,
         ctx.run_day,
         ctx.settings.predictions_dir,
@@ -404,7 +404,7 @@ def run_resolve_champion(ctx: RunContext) -> dict[str, Any]:
     from pipelines.monitoring.reference import resolve_champion
     from pipelines.steps import monitor
 
-    champion = resolve_champion(ctx.settings.tracking_uri, ctx.params.register_.model_name)
+    champion = resolve_champion(ctx.settings.tracking_uri, ctx.params.registration.model_name)
     monitor.start_monitoring_run(ctx.tracking, ctx.params.monitor.experiment, champion)
     return champion.as_dict()
 
@@ -464,7 +464,7 @@ def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str
 
 
 @in_step_worker
-def run_decide(
+def run_retrain_decision(
     ctx: RunContext,
     checks: dict[str, dict[str, Any]],
     last_retraining: dict[str, Any] | None,
@@ -479,7 +479,7 @@ def run_decide(
     """
     from pipelines.steps import monitor
 
-    return monitor.decide_step(
+    return monitor.retrain_decision_step(
         ctx.params.dataset,
         ctx.params.monitor,
         ctx.run_day,

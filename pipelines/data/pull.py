@@ -175,7 +175,7 @@ def pull_model_data(
     from pipelines.model.features import files_fingerprint
     from pipelines.steps.version import restore_dataset_version
 
-    name = load_params(settings.params_path).register_.model_name
+    name = load_params(settings.params_path).registration.model_name
     dataset = model_dataset(registry_client(settings.tracking_uri), name, version=version, alias=alias)
     source = _source_repo(dataset, settings.dvc_repo)
     remote_url, endpoint = _remote(settings.dvc_repo)

@@ -188,7 +188,7 @@ def _print_summary(settings: Settings, run_id: str, day) -> None:
 
     params = load_params(settings.params_path)
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    name = params.register_.model_name
+    name = params.registration.model_name
     versions = client.search_model_versions(f"name = '{name}' and tags.`lineage.run_id` = '{run_id}'")
     print("\nWhere to look:")
     for v in versions:

@@ -213,7 +213,7 @@ class Replay:
     def champion(self) -> str | None:
         from pipelines.promotion import CHAMPION, alias_version
 
-        return alias_version(self.client, self.params.register_.model_name, CHAMPION)
+        return alias_version(self.client, self.params.registration.model_name, CHAMPION)
 
     def hold_schedule(self) -> None:
         """No scheduled nightly run (today's date mapped onto 2013) while the replay plays the clock."""
@@ -266,7 +266,7 @@ class Replay:
         tasks = self.cluster.task_states(TRAINING, run_id)
         decision_path = self.settings.run_dir(TRAINING, run_id) / DECISION_FILE
         decision = json.loads(decision_path.read_text()) if decision_path.is_file() else {}
-        name = self.params.register_.model_name
+        name = self.params.registration.model_name
         versions = self.client.search_model_versions(f"name = '{name}' and tags.`lineage.run_id` = '{run_id}'")
         version = max(versions, key=lambda v: int(v.version)) if versions else None
         return {

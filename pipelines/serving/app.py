@@ -101,7 +101,7 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     watcher = ModelWatcher(
         client,
-        params.register_.model_name,
+        params.registration.model_name,
         cfg.alias,
         cfg.shadow_alias,
         cfg.watch_interval_seconds,
@@ -128,7 +128,7 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
         mlflow.set_registry_uri(settings.tracking_uri)
         recorder.start()
         watcher.start()
-        log.info("serving %s@%s (shadow: %s)", params.register_.model_name, cfg.alias, cfg.shadow_alias or "none")
+        log.info("serving %s@%s (shadow: %s)", params.registration.model_name, cfg.alias, cfg.shadow_alias or "none")
         try:
             yield
         finally:
@@ -212,7 +212,11 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
         """The live version (name, version, alias, MLflow run, dataset revision, loaded at), the shadow, staleness."""
         live, shadow = watcher.model, watcher.shadow_model
         return {
-            **(live.describe() if live else {"name": params.register_.model_name, "version": None, "alias": cfg.alias}),
+            **(
+                live.describe()
+                if live
+                else {"name": params.registration.model_name, "version": None, "alias": cfg.alias}
+            ),
             "shadow": shadow.describe() if shadow else None,
             "shadow_alias": cfg.shadow_alias,
             "registry": watcher.status(),

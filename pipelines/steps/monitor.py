@@ -7,7 +7,7 @@ its reference, :mod:`pipelines.monitoring.reference`; performance on the labelle
 it scored against its holdout metrics), logs each to the monitoring run in MLflow, and
 decides.
 
-:func:`decide` turns the three into a decision: retrain when the share of
+:func:`retrain_decision` turns the three into a decision: retrain when the share of
 drifted features or the worsening of a metric passes its threshold in
 ``params.yaml``, unless a retraining was already triggered within the cooldown
 or a training run is active. Everything here is a plain function of frames,
@@ -131,7 +131,7 @@ class Decision:
         return asdict(self)
 
 
-def decide(
+def retrain_decision(
     day: dt.date,
     data_drift: DataDrift,
     prediction_drift: PredictionDrift,
@@ -383,7 +383,7 @@ def training_run_note(decision: Decision, summaries: Sequence[str], limit: int =
     return head + body + tail
 
 
-def decide_step(
+def retrain_decision_step(
     dataset: DatasetConfig,
     cfg: MonitorConfig,
     run_day: dt.date,
@@ -394,7 +394,7 @@ def decide_step(
     out_dir: Path,
     trigger_run_id: str,
 ) -> dict[str, Any]:
-    """:func:`decide` on the checks' results; the decision with the training run's id and conf, logged.
+    """:func:`retrain_decision` on the checks' results; the decision with the training run's id and conf, logged.
 
     The conf is what the training DAG receives: ``data_date`` (the monitored day, so the new
     model trains up to it), ``trigger_reason`` and ``trigger_report``.
@@ -409,7 +409,7 @@ def decide_step(
     data_drift = check_from_dict(DataDrift, checks["data_drift"])
     prediction_drift = check_from_dict(PredictionDrift, checks["prediction_drift"])
     performance = check_from_dict(Performance, checks["performance"])
-    decision = decide(
+    decision = retrain_decision(
         source_date(dataset, run_day),
         data_drift,
         prediction_drift,

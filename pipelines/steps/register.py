@@ -1,7 +1,7 @@
 """Register: log the model to the MLflow registry with its lineage, and run the promotion gate.
 
 Every registered version gets the alias ``challenger``. It becomes
-``champion`` only when :func:`pipelines.promotion.decide` says so (or a manual
+``champion`` only when :func:`pipelines.promotion.promotion_decision` says so (or a manual
 run forces it, with a reason); the decision, its reasons and a model card are
 recorded on the version, and the move in the promotion log. The previous
 champion stays registered: ``python -m pipelines rollback`` restores it.
@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import DatasetConfig, MonitorConfig, PredictConfig, RegisterConfig, TrainConfig
-from pipelines.promotion import CHALLENGER, CHAMPION, alias_version, decide, model_card, record_move
+from pipelines.promotion import CHALLENGER, CHAMPION, alias_version, model_card, promotion_decision, record_move
 from pipelines.settings import REPO_ROOT
 from pipelines.steps.preprocess import load_manifest
 from pipelines.tracking import Tracking, code_revision, get_or_create_run, use_tracking
@@ -198,7 +198,7 @@ def register(
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
 
-    decision = decide(full, cfg, force_reason, data_warnings)
+    decision = promotion_decision(full, cfg, force_reason, data_warnings)
     previous = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]

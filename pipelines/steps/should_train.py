@@ -41,7 +41,7 @@ class TrainingDecision:
         return asdict(self)
 
 
-def decide_training(
+def training_decision(
     policy: RetrainPolicy, trigger_params: Mapping[str, Any], champion_version: str | None
 ) -> TrainingDecision:
     """Decide whether a training run trains.

@@ -233,10 +233,10 @@ def _checks(drift: bool = False, prediction: bool = False, performance: bool = F
     ],
 )
 def test_decide_thresholds(drift, prediction, performance, retrain, triggers) -> None:
-    from pipelines.steps.monitor import decide
+    from pipelines.steps.monitor import retrain_decision
 
     cfg = _params().monitor
-    decision = decide(dt.date(2013, 7, 7), *_checks(drift, prediction, performance), cfg, None, 0)
+    decision = retrain_decision(dt.date(2013, 7, 7), *_checks(drift, prediction, performance), cfg, None, 0)
     assert (decision.retrain, decision.triggers) == (retrain, triggers)
     assert decision.blocked_by is None
     if retrain:
@@ -248,37 +248,39 @@ def test_decide_thresholds(drift, prediction, performance, retrain, triggers) ->
 
 
 def test_prediction_drift_is_a_reason_when_configured() -> None:
-    from pipelines.steps.monitor import decide
+    from pipelines.steps.monitor import retrain_decision
 
     cfg = _params().with_overrides({"monitor.prediction_drift.retrain": True}).monitor
-    decision = decide(dt.date(2013, 7, 7), *_checks(prediction=True), cfg, None, 0)
+    decision = retrain_decision(dt.date(2013, 7, 7), *_checks(prediction=True), cfg, None, 0)
     assert decision.retrain and decision.triggers == ["prediction_drift"]
 
 
 def test_decide_cooldown_and_active_training_guard() -> None:
-    from pipelines.steps.monitor import decide
+    from pipelines.steps.monitor import retrain_decision
 
     cfg = _params().monitor
     day, checks = dt.date(2013, 7, 9), _checks(drift=True)
-    recent = decide(day, *checks, cfg, last_retraining_day=dt.date(2013, 7, 7), active_training_runs=0)
+    recent = retrain_decision(day, *checks, cfg, last_retraining_day=dt.date(2013, 7, 7), active_training_runs=0)
     assert not recent.retrain and recent.blocked_by == "cooldown" and "2013-07-07" in recent.reason
     assert recent.triggers == ["data_drift"], "what asked is still recorded"
-    after = decide(
+    after = retrain_decision(
         day, *checks, cfg, last_retraining_day=day - dt.timedelta(days=cfg.cooldown_days), active_training_runs=0
     )
     assert after.retrain
-    backfill = decide(day, *checks, cfg, last_retraining_day=day + dt.timedelta(days=2), active_training_runs=0)
+    backfill = retrain_decision(
+        day, *checks, cfg, last_retraining_day=day + dt.timedelta(days=2), active_training_runs=0
+    )
     assert backfill.blocked_by == "cooldown"
-    busy = decide(day, *checks, cfg, last_retraining_day=None, active_training_runs=1)
+    busy = retrain_decision(day, *checks, cfg, last_retraining_day=None, active_training_runs=1)
     assert not busy.retrain and busy.blocked_by == "training_active"
-    quiet = decide(day, *_checks(), cfg, last_retraining_day=day, active_training_runs=3)
+    quiet = retrain_decision(day, *_checks(), cfg, last_retraining_day=day, active_training_runs=3)
     assert not quiet.retrain and quiet.blocked_by is None
 
 
 def test_training_run_note_fits_airflow() -> None:
-    from pipelines.steps.monitor import decide, training_run_note
+    from pipelines.steps.monitor import retrain_decision, training_run_note
 
-    decision = decide(dt.date(2013, 7, 7), *_checks(drift=True), _params().monitor, None, 0)
+    decision = retrain_decision(dt.date(2013, 7, 7), *_checks(drift=True), _params().monitor, None, 0)
     note = training_run_note(decision, ["x" * 5000])
     assert len(note) == 1000 and note.endswith("Report: runs:/m/reports/data_drift.html")
 

@@ -59,7 +59,7 @@ def _staged(root: Path, day: dt.date = DAY) -> pd.DataFrame:
 def _schema_check(spec: DatasetConfig, params: Params, frame: pd.DataFrame, report_dir: Path):
     from pipelines.steps.validate import validate_frame
 
-    return validate_frame(frame, spec, params.validate_, report_dir, schema_only=True)
+    return validate_frame(frame, spec, params.validation, report_dir, schema_only=True)
 
 
 # --------------------------------------------------------------------------- 1. typed by the schema
@@ -197,7 +197,7 @@ def test_a_missing_day_is_an_empty_day_when_configured(params: Params, table: pd
     assert pd.api.types.is_datetime64_any_dtype(empty["flight_date"]) and str(empty["month"].dtype) == "Int64"
     assert result.rows == len(_rows(table, params))
 
-    sparse = params.validate_.model_copy(update={"rows_per_day": (0, 2000)})
+    sparse = params.validation.model_copy(update={"rows_per_day": (0, 2000)})
     passed = validate_batch(
         spec, sparse, tmp_path / "staging", result.days, tmp_path / "raw", tmp_path / "report", tmp_path / "q"
     )
@@ -211,7 +211,7 @@ def test_a_missing_day_is_an_empty_day_when_configured(params: Params, table: pd
     with pytest.raises(ValidationFailed, match="row_count"):
         validate_batch(
             spec,
-            params.validate_,
+            params.validation,
             tmp_path / "staging",
             ["2013-07-03"],
             tmp_path / "raw2",
@@ -232,7 +232,7 @@ def test_a_long_window_of_mostly_empty_days_validates_in_groups(
     result = collect(spec, DAY, tmp_path / "staging", tmp_path / "raw", window_days=40)
     assert len(result.days) == 40
 
-    sparse = params.validate_.model_copy(update={"rows_per_day": (0, 2000), "chunk_rows": 1000})
+    sparse = params.validation.model_copy(update={"rows_per_day": (0, 2000), "chunk_rows": 1000})
     passed = validate_batch(
         spec, sparse, tmp_path / "staging", result.days, tmp_path / "raw", tmp_path / "report", tmp_path / "q"
     )

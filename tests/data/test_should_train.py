@@ -14,19 +14,19 @@ import pytest
 from helpers import isolated_git_dvc_env
 
 from pipelines.config import ConfigError, load_params
-from pipelines.steps.should_train import TRAINING_STEPS, decide_training
+from pipelines.steps.should_train import TRAINING_STEPS, training_decision
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_nightly_always_trains_without_asking_the_registry() -> None:
     for champion in (None, "3"):
-        decision = decide_training("nightly", {}, champion)
+        decision = training_decision("nightly", {}, champion)
         assert decision.train and "nightly" in decision.reason
 
 
 def test_on_demand_with_a_champion_and_no_request_skips_training() -> None:
-    decision = decide_training("on_demand", {"trigger_reason": None, "retrain": False, "force_promotion": False}, "7")
+    decision = training_decision("on_demand", {"trigger_reason": None, "retrain": False, "force_promotion": False}, "7")
     assert not decision.train
     assert "version 7" in decision.reason
     assert all(step in decision.reason for step in TRAINING_STEPS)
@@ -34,29 +34,29 @@ def test_on_demand_with_a_champion_and_no_request_skips_training() -> None:
 
 def test_on_demand_trains_when_monitoring_asks() -> None:
     reason = "retraining: data drift beyond thresholds on 2013-07-07: 3 of 17 features drifted " + "x" * 400
-    decision = decide_training("on_demand", {"trigger_reason": reason, "trigger_report": "runs:/abc/reports"}, "7")
+    decision = training_decision("on_demand", {"trigger_reason": reason, "trigger_report": "runs:/abc/reports"}, "7")
     assert decision.train
     assert decision.reason.startswith("asked by monitoring") and "data drift" in decision.reason
     assert len(decision.reason) < 400  # the log line stays readable
 
 
 def test_on_demand_trains_when_a_manual_run_asks() -> None:
-    assert decide_training("on_demand", {"retrain": True}, "7").train
-    assert decide_training("on_demand", {"force_promotion": True, "promotion_reason": "first model"}, "7").train
+    assert training_decision("on_demand", {"retrain": True}, "7").train
+    assert training_decision("on_demand", {"force_promotion": True, "promotion_reason": "first model"}, "7").train
 
 
 def test_on_demand_trains_the_first_champion() -> None:
-    decision = decide_training("on_demand", {}, None)
+    decision = training_decision("on_demand", {}, None)
     assert decision.train and "no champion" in decision.reason
 
 
 def test_a_blank_trigger_reason_is_no_request() -> None:
-    assert not decide_training("on_demand", {"trigger_reason": "  "}, "2").train
+    assert not training_decision("on_demand", {"trigger_reason": "  "}, "2").train
 
 
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="nightly"):
-        decide_training("weekly", {}, "1")  # type: ignore[arg-type]
+        training_decision("weekly", {}, "1")  # type: ignore[arg-type]
 
 
 def test_policy_key_in_params_yaml() -> None:

@@ -65,7 +65,7 @@ def _stage(frame: pd.DataFrame, dirs: RunDirs, params: Params) -> Path:
 
 
 def _gate(params: Params, dirs: RunDirs) -> dict:
-    return validate_batch(params.dataset, params.validate_, dirs.staging, DAYS, dirs.raw, dirs.report, dirs.quarantine)
+    return validate_batch(params.dataset, params.validation, dirs.staging, DAYS, dirs.raw, dirs.report, dirs.quarantine)
 
 
 # --------------------------------------------------------------------------- a good day
@@ -88,7 +88,7 @@ def test_good_day_passes_and_is_published(day: Day, dirs: RunDirs) -> None:
 def test_unseen_categories_within_the_share_pass(day: Day, tmp_path: Path) -> None:
     frame = day.frame.copy()
     frame.loc[frame.index[:3], "origin"] = "SWF"  # 3 of ~740 rows, under the 1% allowed
-    report = validate_frame(frame, day.params.dataset, day.params.validate_, tmp_path, first_day=DAY, last_day=DAY)
+    report = validate_frame(frame, day.params.dataset, day.params.validation, tmp_path, first_day=DAY, last_day=DAY)
     assert report.success, report.summary()
 
 
@@ -256,7 +256,7 @@ def test_day_collected_from_csv_passes_the_schema(day: Day, tmp_path: Path) -> N
     )
     collect(params.dataset, DAY, tmp_path / "staging", tmp_path / "raw")
     staged = pd.read_parquet(partition_path(tmp_path / "staging", DAY))
-    report = validate_frame(staged, params.dataset, params.validate_, tmp_path / "report", schema_only=True)
+    report = validate_frame(staged, params.dataset, params.validation, tmp_path / "report", schema_only=True)
     assert report.success, report.summary()
 
 
@@ -291,7 +291,7 @@ def _gate_days(
     days = [d.isoformat() for d in frames]
     try:
         return dirs, validate_batch(
-            params.dataset, params.validate_, dirs.staging, days, dirs.raw, dirs.report, dirs.quarantine
+            params.dataset, params.validation, dirs.staging, days, dirs.raw, dirs.report, dirs.quarantine
         )
     except ValidationFailed as err:
         return dirs, err

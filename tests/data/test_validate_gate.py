@@ -320,8 +320,8 @@ def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
     params = load_params(REPO / "params.yaml")
     params = params.model_copy(
         update={
-            "validate_": params.validate_.model_copy(
-                update={"ranges": {k: v for k, v in params.validate_.ranges.items() if k != "temp"}}
+            "validation": params.validation.model_copy(
+                update={"ranges": {k: v for k, v in params.validation.ranges.items() if k != "temp"}}
             )
         }
     )
@@ -332,7 +332,7 @@ def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
     frame.loc[frame.index[:50], "dest"] = "XYZ"  # a destination February never had
     frame.loc[frame.index[:50], "temp"] = 120.0  # far beyond February's temperatures
     report = validate_frame(
-        frame, params.dataset, params.validate_, tmp_path / "ok", first_day=DAY, last_day=DAY, reference=reference
+        frame, params.dataset, params.validation, tmp_path / "ok", first_day=DAY, last_day=DAY, reference=reference
     )
     assert report.success, report.summary()
     checks = {(f.check, f.column, f.severity) for f in report.warnings}
@@ -344,7 +344,7 @@ def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
     frame = flights_day.copy()
     frame.loc[frame.index[: int(len(frame) * 0.42)], "carrier"] = "ZZ"
     report = validate_frame(
-        frame, params.dataset, params.validate_, tmp_path / "new", first_day=DAY, last_day=DAY, reference=reference
+        frame, params.dataset, params.validation, tmp_path / "new", first_day=DAY, last_day=DAY, reference=reference
     )
     assert not report.success
     stops = {(f.check, f.column, f.escalated) for f in report.failures}
@@ -354,7 +354,7 @@ def test_rules_learnt_from_the_training_data(flights_day, tmp_path) -> None:
     doubled = pd.concat([flights_day, flights_day.assign(flight=flights_day["flight"] + 10_000)] * 2, ignore_index=True)
     doubled = doubled.drop_duplicates(subset=list(params.dataset.key_columns))
     report = validate_frame(
-        doubled, params.dataset, params.validate_, tmp_path / "big", first_day=DAY, last_day=DAY, reference=reference
+        doubled, params.dataset, params.validation, tmp_path / "big", first_day=DAY, last_day=DAY, reference=reference
     )
     assert not report.success
     assert [(f.check, f.severity) for f in report.failures] == [("row_count", "stop")]

@@ -228,12 +228,12 @@ def test_with_overrides_rejects_unknown_dotted_keys(params: Params, dotted: str)
 
 def test_with_overrides_changes_an_entry_of_an_open_mapping(params: Params) -> None:
     changed = params.with_overrides({"validate.ranges.month": [1, 6]})
-    assert changed.validate_.ranges["month"] == (1, 6)
+    assert changed.validation.ranges["month"] == (1, 6)
 
 
 def test_with_overrides_adds_an_entry_to_an_open_mapping(params: Params) -> None:
     changed = params.with_overrides({"validate.ranges.air_time": [10, 700]})
-    assert changed.validate_.ranges["air_time"] == (10, 700)
+    assert changed.validation.ranges["air_time"] == (10, 700)
 
 
 def test_with_overrides_validates_values(params: Params) -> None:

@@ -1,4 +1,4 @@
-"""The promotion rule (``pipelines.promotion.decide``) on hand-made evaluations.
+"""The promotion rule (``pipelines.promotion.promotion_decision``) on hand-made evaluations.
 
 The rule is a pure function of an evaluation (the challenger, the baseline and the
 current champion scored on one holdout): each case below changes one figure and
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pipelines.config import RegisterConfig
-from pipelines.promotion import decide
+from pipelines.promotion import promotion_decision
 
 CFG = RegisterConfig(champion_min_auc=0.6, max_auc_drop=0.005, max_slice_auc_drop=0.03)
 
@@ -44,19 +44,19 @@ def _evaluation(
 
 
 def test_first_model_that_beats_the_baseline_is_promoted() -> None:
-    decision = decide(_evaluation(0.70, baseline=0.65), CFG)
+    decision = promotion_decision(_evaluation(0.70, baseline=0.65), CFG)
     assert decision.promote and not decision.forced
     assert any("beats the baseline" in r for r in decision.reasons)
 
 
 def test_first_model_that_does_not_beat_the_baseline_is_refused() -> None:
-    decision = decide(_evaluation(0.64, baseline=0.65), CFG)
+    decision = promotion_decision(_evaluation(0.64, baseline=0.65), CFG)
     assert not decision.promote
     assert "does not beat the baseline's AUC 0.6500" in decision.summary
 
 
 def test_below_the_floor_is_refused_even_when_better_than_everything_else() -> None:
-    decision = decide(_evaluation(0.59, baseline=0.55, champion=0.50), CFG)
+    decision = promotion_decision(_evaluation(0.59, baseline=0.55, champion=0.50), CFG)
     assert not decision.promote
     assert "below the floor 0.6" in decision.summary
 
@@ -67,14 +67,14 @@ def test_below_the_floor_is_refused_even_when_better_than_everything_else() -> N
 )
 def test_champion_drop_is_bounded_by_max_auc_drop(challenger: float, promote: bool) -> None:
     # champion 0.700, max drop 0.005: just above 0.695 passes, just below does not
-    decision = decide(_evaluation(challenger, champion=0.700), CFG)
+    decision = promotion_decision(_evaluation(challenger, champion=0.700), CFG)
     assert decision.promote is promote
     if not promote:
         assert "below champion v3 0.7000" in decision.summary
 
 
 def test_a_slice_that_regresses_past_its_margin_refuses_a_better_model() -> None:
-    decision = decide(
+    decision = promotion_decision(
         _evaluation(
             0.72,
             champion=0.70,
@@ -89,7 +89,7 @@ def test_a_slice_that_regresses_past_its_margin_refuses_a_better_model() -> None
 
 
 def test_slices_within_the_margin_or_unknown_to_the_champion_do_not_block() -> None:
-    decision = decide(
+    decision = promotion_decision(
         _evaluation(
             0.71,
             champion=0.70,
@@ -103,7 +103,9 @@ def test_slices_within_the_margin_or_unknown_to_the_champion_do_not_block() -> N
 
 
 def test_forced_promotion_overrides_the_gate_and_keeps_its_reasons() -> None:
-    decision = decide(_evaluation(0.55, champion=0.70), CFG, force_reason="incident 42: roll forward the hotfix model")
+    decision = promotion_decision(
+        _evaluation(0.55, champion=0.70), CFG, force_reason="incident 42: roll forward the hotfix model"
+    )
     assert decision.promote and decision.forced
     assert decision.reasons[0] == "forced: incident 42: roll forward the hotfix model"
     assert any("below the floor" in r for r in decision.reasons)  # what the gate would have said is recorded
@@ -112,8 +114,8 @@ def test_forced_promotion_overrides_the_gate_and_keeps_its_reasons() -> None:
 
 def test_thresholds_come_from_the_register_section() -> None:
     evaluation = _evaluation(0.69, champion=0.70)
-    assert not decide(evaluation, CFG).promote
-    assert decide(evaluation, RegisterConfig(max_auc_drop=0.02)).promote
+    assert not promotion_decision(evaluation, CFG).promote
+    assert promotion_decision(evaluation, RegisterConfig(max_auc_drop=0.02)).promote
 
 
 # --------------------------------------------------------------------------- data warnings
@@ -124,14 +126,16 @@ WARNINGS = [
 
 
 def test_a_model_trained_on_a_batch_with_warnings_is_not_promoted_automatically() -> None:
-    decision = decide(_evaluation(0.72, champion=0.70), CFG, data_warnings=WARNINGS)
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CFG, data_warnings=WARNINGS)
     assert not decision.promote
     assert "1 warning(s)" in decision.summary and "column 'carrier'" in decision.summary
     assert "force_promotion" in decision.summary, "the reason says how a person promotes it"
 
 
 def test_a_forced_promotion_with_a_reason_takes_a_model_trained_on_warnings() -> None:
-    decision = decide(_evaluation(0.72, champion=0.70), CFG, "new carrier checked with the data team", WARNINGS)
+    decision = promotion_decision(
+        _evaluation(0.72, champion=0.70), CFG, "new carrier checked with the data team", WARNINGS
+    )
     assert decision.promote and decision.forced
     assert decision.reasons[0] == "forced: new carrier checked with the data team"
     assert any("warning(s)" in r for r in decision.reasons), "the warnings are still recorded"
@@ -139,6 +143,6 @@ def test_a_forced_promotion_with_a_reason_takes_a_model_trained_on_warnings() ->
 
 @pytest.mark.parametrize("warnings", [None, []])
 def test_no_warnings_or_no_validation_leaves_the_gate_as_it_was(warnings: list[str] | None) -> None:
-    decision = decide(_evaluation(0.72, champion=0.70), CFG, data_warnings=warnings)
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CFG, data_warnings=warnings)
     assert decision.promote
     assert not any("warning" in r for r in decision.reasons)

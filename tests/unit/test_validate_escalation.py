@@ -50,6 +50,6 @@ def test_a_level_at_or_below_what_the_rule_tolerates_is_refused() -> None:
 
 def test_the_flights_params_escalate_unseen_categories_at_a_tenth() -> None:
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
-    assert params.validate_.escalation("unseen_categories") == 0.10
+    assert params.validation.escalation("unseen_categories") == 0.10
     with pytest.raises(ConfigError, match="validate.escalate"):
         params.with_overrides({"validate.escalate.unseen_categories": 0.005})
