@@ -186,6 +186,7 @@ def cmd_backfill(api: AirflowAPI, args: argparse.Namespace) -> int:
     if not (args.from_date and args.to_date):
         raise ValueError("backfill needs --from and --to (or --watch ID, or --cancel ID)")
     start, end = day_bounds(args.from_date, args.to_date)
+    check_conf(api, args.dag, args.conf)
     if args.dry_run:
         planned = api.create_backfill(
             args.dag, start, end, args.conf, args.max_active_runs, args.reprocess, dry_run=True

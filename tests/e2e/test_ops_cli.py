@@ -187,6 +187,12 @@ def test_backfill_dry_run_lists_one_run_per_day(api_server) -> None:
         assert f"logical date {day}T03:00:00" in done.stdout
 
 
+def test_backfill_refuses_undeclared_conf_keys_before_planning(api_server) -> None:
+    done = _ops("backfill", "--from", "2013-03-01", "--to", "2013-03-03", "--conf", '{"epochz": 2}', "--dry-run")
+    assert done.returncode == 2, done.stderr
+    assert "unknown trigger parameter(s) for ops_probe: 'epochz'" in done.stderr, done.stderr
+
+
 def test_backfill_creates_the_runs_and_refuses_a_second_one(api_server) -> None:
     done = _ops("--json", "backfill", "--from", "2013-03-01", "--to", "2013-03-03", "--conf", '{"epochs": 2}')
     assert done.returncode == 0, done.stderr
