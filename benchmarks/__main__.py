@@ -3,6 +3,7 @@
 Runs each benchmark in turn, each printing its table and writing it to
 ``benchmarks/results/<name>.md`` (raw figures beside it as JSON):
 
+    main_command    ``make pipeline`` on a fresh state: wall time and the process tree's peak memory (PSS)
     e2e             two nights (the first run, then the next night) through Airflow and through the CLI
     scaling         the nightly run at 1x, 4x and 16x the data
     input_pipeline  tf.data against training consumption and an in-memory baseline, at 1x and 10x
@@ -22,7 +23,7 @@ import importlib
 import sys
 import time
 
-SUITE = ("e2e", "scaling", "input_pipeline", "throughput", "serving")
+SUITE = ("main_command", "e2e", "scaling", "input_pipeline", "throughput", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,7 @@ class PeakSampler:
     peaks: dict[str, int] = field(default_factory=dict)  # label -> bytes
     tree_pss: int = 0  # bytes
     tree_processes: int = 0  # processes in the tree at that peak
+    summed_rss: int = 0  # bytes: the peak over the samples of the tree's RSS summed per process
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -116,7 +117,7 @@ class PeakSampler:
 
         me = psutil.Process()
         while not self._stop.is_set():
-            pss, count = 0, 0
+            pss, rss, count = 0, 0, 0
             for proc in me.children(recursive=True):
                 try:
                     cmd = proc.cmdline()
@@ -126,12 +127,14 @@ class PeakSampler:
                 if mem is None or not cmd:
                     continue
                 pss += proc_pss(proc.pid)
+                rss += mem.rss
                 count += 1
                 key = self.label(cmd)
                 if key is not None and mem.rss > self.peaks.get(key, 0):
                     self.peaks[key] = mem.rss
             if pss > self.tree_pss:
                 self.tree_pss, self.tree_processes = pss, count
+            self.summed_rss = max(self.summed_rss, rss)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakSampler:
