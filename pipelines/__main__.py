@@ -187,12 +187,16 @@ def _monitor(args: argparse.Namespace) -> int:
     """
     from pipelines.errors import StepError
     from pipelines.monitoring.checks import DataDrift, Performance, PredictionDrift, check_from_dict
+    from pipelines.monitoring.served import summaries
     from pipelines.runner import (
         RunContext,
+        run_check_compute,
         run_check_data_drift,
         run_check_performance,
         run_check_prediction_drift,
         run_check_published,
+        run_check_served,
+        run_check_staleness,
         run_resolve_champion,
         run_retrain_decision,
     )
@@ -226,6 +230,11 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"monitored {decision['day']} with {champion['model_name']} v{champion['version']}")
     for name, result in checks.items():
         print(f"  {check_from_dict(kinds[name], result).summary()}")
+    # Reported beside the decision (the staleness and compute checks alert through monitor.alerts).
+    for line in summaries(run_check_served(ctx, champion)):
+        print(f"  {line}")
+    print(f"  {run_check_staleness(ctx, champion)['summary']}")
+    print(f"  {run_check_compute(ctx)['summary']}")
     verdict = f"retrain ({', '.join(decision['triggers'])})" if decision["retrain"] else "no retraining"
     print(f"decision: {verdict}; cooldown and queued training runs are not checked outside Airflow")
     print(f"reports: {ctx.run_dir / 'monitor'}")

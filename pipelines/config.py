@@ -506,12 +506,41 @@ class MonitorConfig(_Section):
         callback: Annotated[str | None, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] = None
         timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
 
+    class Served(_Section):
+        """What the prediction service answered (``data/served/``): drift, the shadow, online performance."""
+
+        # Served rows matched to their published labels needed before online performance is reported.
+        min_labelled_rows: Annotated[int, Field(ge=1)] = 200
+
+    class Compute(_Section):
+        """Each step's time and peak memory against its median over the pipeline's earlier runs."""
+
+        window_runs: Annotated[int, Field(ge=1, le=100)] = 7  # the earlier runs whose median is the baseline
+        # A step in fewer earlier runs than this: "insufficient history", never an alert.
+        min_runs: Annotated[int, Field(ge=1, le=100)] = 3
+        max_slowdown: Annotated[float, Field(gt=1)] = 1.5  # alert when a step takes longer than this x its median
+        max_memory_growth: Annotated[float, Field(gt=1)] = 1.25  # ... or peaks above this x its median memory
+        # Steps whose median is shorter than this are not judged on time: a second's jitter is not a regression.
+        min_seconds: Annotated[float, Field(ge=0)] = 5.0
+
+        @model_validator(mode="after")
+        def _history_fits(self) -> MonitorConfig.Compute:
+            if self.min_runs > self.window_runs:
+                raise ValueError(f"min_runs ({self.min_runs}) cannot exceed window_runs ({self.window_runs})")
+            return self
+
     window_days: Annotated[int, Field(ge=1, le=90)] = 7  # the recent window: days ending on the monitored day
     reference_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000  # sample of the training split
     seed: int = 42
     drift: Drift = Drift()
     prediction_drift: PredictionDrift = PredictionDrift()
     performance: Performance = Performance()
+    served: Served = Served()
+    compute: Compute = Compute()
+    # Alert when the champion's data ends more than this many days before the monitored day
+    # (its age: lineage.window_end of its version). To be chosen from the staleness curve in
+    # benchmarks/results/staleness.md (how AUC and Brier score decay with a model's age).
+    max_model_age_days: Annotated[int, Field(ge=1, le=3650)] = 30
     # At most one monitoring-triggered retraining within this many days of data.
     # How often the monitoring DAG checks whether its training run has published the day
     # (read when the DAG is parsed).
