@@ -32,6 +32,12 @@ PARAM_OVERRIDES: dict[str, str] = {
     "training_window_days": "preprocess.training_window_days",
 }
 PROMOTION_REASON_MIN_CHARS = 10
+# Trigger-form parameters of the tuning DAG -> dotted keys of params.yaml.
+TUNE_PARAM_OVERRIDES: dict[str, str] = {
+    "n_trials": "tune.n_trials",
+    "timeout_seconds": "tune.timeout_seconds",
+    "trial_epochs": "tune.epochs",
+}
 
 
 def check_trigger_conf(conf: Mapping[str, Any], declared: Iterable[str], dag_id: str) -> None:
@@ -377,6 +383,51 @@ def run_all(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def train_placement(params_path: Path) -> dict[str, Any]:
+    """The Celery queue, pool and pool slots of a task that trains models (``train.queue``, ...).
+
+    Read when a DAG is parsed: light (YAML and pydantic only).
+    """
+    train = load_params(params_path).train
+    return {"queue": train.queue, "pool": train.pool, "pool_slots": train.pool_slots}
+
+
+def run_check_tuning_data(ctx: RunContext, processed_dir: str | None = None) -> dict[str, Any]:
+    """The preprocessed dataset a study would tune on, checked before any model is built (JSON only).
+
+    Args:
+        processed_dir: the preprocessed data; None: ``data/processed``, the latest dataset version.
+    """
+    from pipelines.steps.tune import describe_dataset
+
+    ctx.params  # noqa: B018 - fail on bad params before any work
+    return describe_dataset(Path(processed_dir) if processed_dir else ctx.settings.processed_dir)
+
+
+@in_step_worker
+def run_tune(ctx: RunContext, processed_dir: str | None = None) -> dict[str, Any]:
+    """The hyper-parameter search (:func:`pipelines.steps.tune.tune`) on a preprocessed dataset.
+
+    Args:
+        processed_dir: the preprocessed data to tune on; None: ``data/processed``, the latest
+            dataset version (``dvc checkout`` or ``python -m pipelines data pull`` for another).
+    """
+    import dataclasses
+
+    from pipelines.steps.tune import tune
+
+    params = ctx.params
+    return tune(
+        params.dataset,
+        params.preprocess,
+        params.train,
+        params.tune,
+        Path(processed_dir) if processed_dir else ctx.settings.processed_dir,
+        ctx.run_dir / "tune",
+        dataclasses.replace(ctx.tracking, experiment=params.tune.experiment),
+    )
+
+
 # --------------------------------------------------------------------------- monitoring
 # The flights_monitoring DAG's steps: ctx.run_day is the monitored day, the last day of
 # the window. Reports go to the run's folder and to the monitoring run in MLflow.
@@ -461,53 +512,6 @@ def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str
         ctx.run_dir / "monitor",
         ctx.tracking,
     )
-
-
-@in_step_worker
-def run_check_served(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
-    """What the prediction service answered in the window: drift, the shadow against the live model, online metrics."""
-    from pipelines.monitoring.reference import Champion
-    from pipelines.steps import monitor
-
-    return monitor.served_traffic_step(
-        ctx.params.dataset,
-        ctx.params.monitor,
-        ctx.params.evaluate.threshold,
-        ctx.run_day,
-        Champion.from_dict(champion),
-        ctx.settings,
-        ctx.run_dir / "monitor",
-        ctx.tracking,
-    )
-
-
-@in_step_worker
-def run_check_staleness(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
-    """The champion's age on the monitored day; a ``model_stale`` alert past ``monitor.max_model_age_days``."""
-    from pipelines import alerts
-    from pipelines.monitoring.reference import Champion
-    from pipelines.steps import monitor
-
-    result = monitor.staleness_step(
-        ctx.params.dataset, ctx.params.monitor, ctx.run_day, Champion.from_dict(champion), ctx.tracking
-    )
-    alert = monitor.stale_alert(result, dag_id=ctx.dag_id, run_id=ctx.run_id)
-    sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home) if alert else {}
-    return {**result.as_dict(), "summary": result.summary(), "alerts": sent}
-
-
-@in_step_worker
-def run_check_compute(ctx: RunContext) -> dict[str, Any]:
-    """The newest pipeline run's step times and memory against earlier runs; a ``compute_regression`` alert."""
-    from pipelines import alerts
-    from pipelines.steps import monitor
-
-    result = monitor.compute_step(
-        ctx.params.monitor, ctx.params.mlflow.experiment, ctx.run_day, ctx.tracking, ctx.run_dir / "monitor"
-    )
-    alert = monitor.compute_alert(result, dag_id=ctx.dag_id, run_id=ctx.run_id)
-    sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home) if alert else {}
-    return {**result.as_dict(), "summary": result.summary(), "alerts": sent}
 
 
 @in_step_worker

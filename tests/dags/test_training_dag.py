@@ -245,5 +245,5 @@ def test_bad_train_queue_is_an_import_error_naming_the_key(tmp_path) -> None:
     path.write_text(yaml.safe_dump(raw))
     report = _parse_in_fresh_interpreter(path)
     assert report["train"] is None
-    # Both DAGs read params.yaml when parsed: each import error names the key.
-    assert len(report["errors"]) == 2 and all("train.queue" in e for e in report["errors"])
+    # Every DAG reads params.yaml when parsed (training, monitoring, tuning): each import error names the key.
+    assert len(report["errors"]) == 3 and all("train.queue" in e for e in report["errors"])
