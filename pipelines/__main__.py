@@ -7,7 +7,7 @@
     rollback   move the champion alias back to the previous champion, recorded
     reproduce  restore a registered model's code and data, retrain, compare the metrics
     data pull  a model version's (or alias') training data: its dataset version cloned, pulled, checked
-    tune       search the model's hyper-parameters on a preprocessed dataset; --apply writes the proposal
+    explain    one row through a model version, stage by stage: inputs, preprocessing, logit parts, probability
 
 The same functions back the Airflow tasks, the DVC stages and these commands.
 """
@@ -70,22 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--tolerance", type=float, default=0.01, help="largest accepted |AUC difference|")
     rep.add_argument("--workdir", type=Path, default=None, help="where to clone (default: a temporary folder)")
 
-    tn = sub.add_parser("tune", help="hyper-parameter search on a preprocessed dataset's validation split")
-    tn.add_argument(
-        "--processed", type=Path, default=None, help="preprocessed data (default: data/processed, the latest version)"
-    )
-    tn.add_argument("--run-id", default=None, help="run id; the same id resumes its study (default: from data+params)")
-    tn.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a params.yaml key, e.g. tune.n_trials=5",
-    )
-    tn.add_argument(
-        "--apply", type=Path, default=None, metavar="PROPOSAL", help="write a proposal.yaml into params.yaml"
-    )
-
     data = sub.add_parser("data", help="a registered model's training data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     pull = data_sub.add_parser("pull", help="clone a model version's dataset version and pull its data")
@@ -98,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a new or empty folder (default: build/datasets/<model>-v<version>, git-ignored)",
     )
+
+    ex = sub.add_parser("explain", help="one row through a model version, stage by stage")
+    row = ex.add_mutually_exclusive_group(required=True)
+    row.add_argument("--row", help="the row as a JSON object of column: value, or @file")
+    row.add_argument(
+        "--key", action="append", metavar="COLUMN=VALUE", help="find the row in the collected data (with --date)"
+    )
+    ex.add_argument("--date", type=dt.date.fromisoformat, help="the collected day the --key row is in, YYYY-MM-DD")
+    ex.add_argument("--model-version", default=None, help="the model version (default: the champion)")
+    ex.add_argument("--json", action="store_true", help="print the stages as JSON")
     return p
 
 
@@ -204,12 +198,16 @@ def _monitor(args: argparse.Namespace) -> int:
     """
     from pipelines.errors import StepError
     from pipelines.monitoring.checks import DataDrift, Performance, PredictionDrift, check_from_dict
+    from pipelines.monitoring.served import summaries
     from pipelines.runner import (
         RunContext,
+        run_check_compute,
         run_check_data_drift,
         run_check_performance,
         run_check_prediction_drift,
         run_check_published,
+        run_check_served,
+        run_check_staleness,
         run_resolve_champion,
         run_retrain_decision,
     )
@@ -243,55 +241,39 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"monitored {decision['day']} with {champion['model_name']} v{champion['version']}")
     for name, result in checks.items():
         print(f"  {check_from_dict(kinds[name], result).summary()}")
+    # Reported beside the decision (the staleness and compute checks alert through monitor.alerts).
+    for line in summaries(run_check_served(ctx, champion)):
+        print(f"  {line}")
+    print(f"  {run_check_staleness(ctx, champion)['summary']}")
+    print(f"  {run_check_compute(ctx)['summary']}")
     verdict = f"retrain ({', '.join(decision['triggers'])})" if decision["retrain"] else "no retraining"
     print(f"decision: {verdict}; cooldown and queued training runs are not checked outside Airflow")
     print(f"reports: {ctx.run_dir / 'monitor'}")
     return 0
 
 
-def _tune(args: argparse.Namespace) -> int:
-    """``tune``: run (or resume) a study and print its proposal; ``--apply`` writes a proposal into params.yaml."""
-    from pipelines.runner import RunContext, run_tune
+def _explain(args: argparse.Namespace) -> int:
+    """``explain``: the stages of one row through a registered version, as text or JSON."""
+    from pipelines.model.explain import explain, format_explanation
     from pipelines.settings import resolve
 
     settings = resolve()
-    if args.apply is not None:
-        from pipelines.proposal import apply_proposal
-
-        changed = apply_proposal(args.apply, settings.params_path)
-        for key, change in changed.items():
-            print(f"{settings.params_path}: {key}: {change['from']} -> {change['to']}")
-        if not changed:
-            print(f"{settings.params_path} already holds the values of {args.apply}")
-        return 0
-    processed = args.processed or settings.processed_dir
-    manifest_path = processed / "manifest.json"
-    if not manifest_path.is_file():
-        raise ConfigError(
-            f"no preprocessed dataset in {processed}: run the pipeline or 'dvc pull', or pass --processed"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    overrides = _overrides(args.set)
-    params = load_params(settings.params_path).with_overrides(overrides)
-    # The same data and params resume the same study; anything else starts a new one.
-    digest = hashlib.sha256(
-        json.dumps([params.train.model_dump(mode="json"), params.tune.model_dump(mode="json")], sort_keys=True).encode()
+    params = load_params(settings.params_path)
+    bad = [pair for pair in args.key or [] if "=" not in pair]
+    if bad:
+        raise ConfigError(f"--key expects COLUMN=VALUE, got {bad}")
+    keys = dict(pair.partition("=")[::2] for pair in args.key or [])
+    result = explain(
+        params.dataset,
+        params.registration.model_name,
+        settings.tracking_uri,
+        settings.raw_dir,
+        row=args.row,
+        keys=keys,
+        day=args.date,
+        version=args.model_version,
     )
-    window_end = dt.date.fromisoformat(manifest["window_end"])
-    ctx = RunContext(
-        dag_id="cli",
-        run_id=args.run_id or f"cli_tune__{window_end}__{manifest['data_fingerprint'][:8]}-{digest.hexdigest()[:8]}",
-        run_day=window_end,
-        overrides=overrides,
-    )
-    result = run_tune(ctx, str(processed))
-    print(json.dumps(result, indent=1, default=str))
-    print(f"\nproposal ({result['proposal_path']}):\n" + Path(result["proposal_path"]).read_text())
-    if result["changed"]:
-        print(f"apply to params.yaml: {result['apply']}")
-        print(f"or for one run: python -m pipelines run --date D {result['set_flags']}")
-    else:
-        print("the current train values remain best on validation: nothing to change")
+    print(json.dumps(result, indent=1) if args.json else format_explanation(result))
     return 0
 
 
@@ -371,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "data":
             return _data_pull(args)
-        elif args.command == "tune":
-            return _tune(args)
+        elif args.command == "explain":
+            return _explain(args)
         else:
             from pipelines.reproduce import reproduce
 

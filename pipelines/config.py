@@ -378,6 +378,17 @@ class HourBuckets(_Section):
         return self
 
 
+class ImportanceConfig(_Section):
+    """Permutation importance of each raw feature on the holdout, through the composed model."""
+
+    # Shuffles of each feature's column; the drop is their mean (and its spread their std).
+    repeats: Annotated[int, Field(ge=1, le=50)] = 3
+    # Scored on a seeded sample of at most this many holdout rows: the cost stays flat as data grows.
+    max_rows: Annotated[int, Field(ge=500, le=1_000_000)] = 10_000
+    # A feature whose shuffling lowers the holdout AUC by less than this is flagged as not helping.
+    min_drop: Annotated[float, Field(ge=0, le=1)] = 0.001
+
+
 class EvaluateConfig(_Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     baseline: BaselineConfig = BaselineConfig()
@@ -387,6 +398,7 @@ class EvaluateConfig(_Section):
     min_slice_rows: Annotated[int, Field(ge=1)] = 200
     # A slice whose AUC is this far below the overall AUC is flagged on the run.
     slice_flag_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
+    importance: ImportanceConfig = ImportanceConfig()
 
 
 class RegisterConfig(_Section):
@@ -506,12 +518,41 @@ class MonitorConfig(_Section):
         callback: Annotated[str | None, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] = None
         timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
 
+    class Served(_Section):
+        """What the prediction service answered (``data/served/``): drift, the shadow, online performance."""
+
+        # Served rows matched to their published labels needed before online performance is reported.
+        min_labelled_rows: Annotated[int, Field(ge=1)] = 200
+
+    class Compute(_Section):
+        """Each step's time and peak memory against its median over the pipeline's earlier runs."""
+
+        window_runs: Annotated[int, Field(ge=1, le=100)] = 7  # the earlier runs whose median is the baseline
+        # A step in fewer earlier runs than this: "insufficient history", never an alert.
+        min_runs: Annotated[int, Field(ge=1, le=100)] = 3
+        max_slowdown: Annotated[float, Field(gt=1)] = 1.5  # alert when a step takes longer than this x its median
+        max_memory_growth: Annotated[float, Field(gt=1)] = 1.25  # ... or peaks above this x its median memory
+        # Steps whose median is shorter than this are not judged on time: a second's jitter is not a regression.
+        min_seconds: Annotated[float, Field(ge=0)] = 5.0
+
+        @model_validator(mode="after")
+        def _history_fits(self) -> MonitorConfig.Compute:
+            if self.min_runs > self.window_runs:
+                raise ValueError(f"min_runs ({self.min_runs}) cannot exceed window_runs ({self.window_runs})")
+            return self
+
     window_days: Annotated[int, Field(ge=1, le=90)] = 7  # the recent window: days ending on the monitored day
     reference_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000  # sample of the training split
     seed: int = 42
     drift: Drift = Drift()
     prediction_drift: PredictionDrift = PredictionDrift()
     performance: Performance = Performance()
+    served: Served = Served()
+    compute: Compute = Compute()
+    # Alert when the champion's data ends more than this many days before the monitored day
+    # (its age: lineage.window_end of its version). To be chosen from the staleness curve in
+    # benchmarks/results/staleness.md (how AUC and Brier score decay with a model's age).
+    max_model_age_days: Annotated[int, Field(ge=1, le=3650)] = 30
     # At most one monitoring-triggered retraining within this many days of data.
     # How often the monitoring DAG checks whether its training run has published the day
     # (read when the DAG is parsed).
@@ -538,76 +579,6 @@ class ServeConfig(_Section):
     queue_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
 
-class FloatRange(_Section):
-    """A continuous range, sampled uniformly or, with ``log``, uniformly in its logarithm."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0 (got {self.low})")
-        return self
-
-
-class TuneConfig(_Section):
-    """The hyper-parameter search (``python -m pipelines tune``, the ``flights_tuning`` DAG).
-
-    Each trial trains ``epochs`` epochs on a preprocessed dataset's training split and is
-    scored on its validation split; the current ``train`` values are always trial 0.
-    """
-
-    class Space(_Section):
-        """What a trial samples: a range for each float, a list of choices for the others.
-
-        Every bound and choice must be a valid value of its ``train`` key; the current
-        ``train`` value is added to its range or choices when outside them (trial 0).
-        """
-
-        learning_rate: FloatRange = FloatRange(low=0.0003, high=0.03, log=True)
-        dropout: FloatRange = FloatRange(low=0.0, high=0.5)
-        hidden_units: Annotated[tuple[tuple[Annotated[int, Field(ge=1)], ...], ...], Field(min_length=1)] = (
-            (16,),
-            (32,),
-            (64,),
-            (64, 32),
-        )
-        embedding_dim: Annotated[tuple[int, ...], Field(min_length=1)] = (2, 4, 8, 16)
-        batch_size: Annotated[tuple[int, ...], Field(min_length=1)] = (1024, 2048, 4096)
-
-        @model_validator(mode="after")
-        def _valid_train_values(self) -> TuneConfig.Space:
-            values = [
-                (f"{k}.{end}", k, getattr(getattr(self, k), end))
-                for k in ("learning_rate", "dropout")
-                for end in ("low", "high")
-            ]
-            values += [(k, k, v) for k in ("hidden_units", "embedding_dim", "batch_size") for v in getattr(self, k)]
-            problems = []
-            for where, key, value in values:
-                try:
-                    TrainConfig.model_validate({key: value})
-                except ValidationError as err:
-                    problems.append(f"tune.space.{where}: {err.errors()[0]['msg']} for train.{key} (got {value!r})")
-            if problems:
-                raise ValueError("\n".join(problems))
-            return self
-
-    n_trials: Annotated[int, Field(ge=1, le=10_000)] = 20  # trials in all, trial 0 (the current values) included
-    # No trial starts after this many seconds (a running one finishes); None: n_trials alone decides.
-    timeout_seconds: Annotated[int | None, Field(ge=1)] = 3600
-    seed: int = 42  # the sampler's; every trial trains with train.seed, so trials differ by their values only
-    epochs: Annotated[int, Field(ge=1, le=500)] = 3  # per trial: short runs, ranked on validation AUC
-    # Stop a trial whose validation AUC after an epoch is below the median of earlier trials' at that epoch.
-    prune: bool = True
-    experiment: str = "tuning"  # the MLflow experiment of the studies (one parent run each, a nested run per trial)
-    space: Space = Space()
-
-
 class Params(_Section):
     """The whole of ``params.yaml``."""
 
@@ -622,7 +593,6 @@ class Params(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
-    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _columns_known(self) -> Params:

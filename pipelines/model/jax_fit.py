@@ -16,6 +16,9 @@ child process started with ``KERAS_BACKEND=jax``:
 * each epoch's start and end come back as one line on the child's stdout, and
   the parent hands them to its own callbacks (MLflow metrics, the epoch log), so
   the run looks as it does under TensorFlow;
+* a NaN or infinite loss stops the child at that batch (the same guard as under
+  TensorFlow) and comes back as a line of its own: the parent raises the same
+  :class:`~pipelines.model.finite.TrainingDiverged`, naming the epoch and batch;
 * the parent loads the weights into the TensorFlow-backend core, which is
   composed with the preprocessing model and saved as under TensorFlow: what is
   served never depends on the backend that trained it.
@@ -110,9 +113,12 @@ def fit_core_jax(
         The fit history (metric -> one value per epoch).
 
     Raises:
-        RuntimeError: the child failed; the message holds the end of its output.
+        TrainingDiverged: the loss became NaN or infinite in the child (its epoch and batch named).
+        RuntimeError: the child failed otherwise; the message holds the end of its output.
     """
     import keras
+
+    from pipelines.model.finite import TrainingDiverged
 
     relayed = []
     job = {**job, "precision": hardware.precision, "backup_dir": None}
@@ -131,6 +137,7 @@ def fit_core_jax(
 
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2", **hardware.env}
     tail: collections.deque[str] = collections.deque(maxlen=40)
+    diverged: dict[str, Any] | None = None
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.model.jax_fit", str(job_file)],
         env=env,
@@ -143,6 +150,9 @@ def fit_core_jax(
             line = line.rstrip("\n")
             if line.startswith(EVENT):
                 event = json.loads(line[len(EVENT) :])
+                if event["event"] == "diverged":
+                    diverged = event
+                    continue
                 for cb in relayed:
                     hook = cb.on_epoch_begin if event["event"] == "begin" else cb.on_epoch_end
                     hook(event["epoch"], event.get("logs"))
@@ -155,6 +165,8 @@ def fit_core_jax(
         if proc.poll() is None:  # this process is being stopped: stop the child too
             proc.kill()
             proc.wait()
+    if diverged is not None:
+        raise TrainingDiverged(diverged["message"], diverged["epoch"], diverged["batch"])
     if code != 0:
         raise RuntimeError(f"the JAX training subprocess failed (exit {code}):\n" + "\n".join(tail))
     with warnings.catch_warnings():
@@ -179,6 +191,7 @@ def _child(job_file: Path) -> None:
 
     from pipelines.config import DatasetConfig
     from pipelines.model.core import CoreParams, CoreShape, build_core
+    from pipelines.model.finite import TrainingDiverged, nan_guard
     from pipelines.model.tfdata import make_dataset
 
     # The core's ids input is int64 (as under TensorFlow); JAX computes them in int32, plenty for the ids.
@@ -217,7 +230,7 @@ def _child(job_file: Path) -> None:
             log.info("epoch %d: %d batches", epoch + 1, self.steps)
             _emit("end", epoch, logs={k: float(v) for k, v in (logs or {}).items()})
 
-    callbacks: list[Any] = []
+    callbacks: list[Any] = [nan_guard(job["params"]["learning_rate"])]  # first: it raises before the others run
     if job["backup_dir"]:
         callbacks.append(keras.callbacks.BackupAndRestore(job["backup_dir"], double_checkpoint=True))
     callbacks += [
@@ -226,13 +239,17 @@ def _child(job_file: Path) -> None:
             monitor="val_auc", mode="max", patience=job["patience"], restore_best_weights=True
         ),
     ]
-    history = core.fit(
-        splits["train"],
-        validation_data=splits["validation"],
-        epochs=job["params"]["epochs"],
-        callbacks=callbacks,
-        verbose=0,
-    )
+    try:
+        history = core.fit(
+            splits["train"],
+            validation_data=splits["validation"],
+            epochs=job["params"]["epochs"],
+            callbacks=callbacks,
+            verbose=0,
+        )
+    except TrainingDiverged as err:
+        _emit("diverged", err.epoch, batch=err.batch, message=str(err))
+        sys.exit(3)  # no weights written: the parent raises the same error
     core.save_weights(job["weights"])
     Path(job["history"]).write_text(
         json.dumps({k: [float(v) for v in vs] for k, vs in history.history.items()}), encoding="utf-8"

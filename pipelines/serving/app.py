@@ -177,6 +177,14 @@ def create_app(params: Params, settings: Settings) -> FastAPI:
                     500,
                     headers,
                 )
+            bad = int(np.count_nonzero(~np.isfinite(proba)))
+            if bad:  # a NaN compares False with the threshold: it would answer a confident "no"
+                outcome = "non_finite"
+                log.error("request %s: v%s returned %d non-finite score(s) of %d", request_id, version, bad, len(rows))
+                message = f"{model.name} v{version} returned {bad} non-finite score(s) of {len(rows)}: not answered"
+                return JSONResponse(
+                    {"request_id": request_id, "detail": [{"field": None, "message": message}]}, 500, headers
+                )
             metrics.rows.labels(version).inc(len(rows))
             recorder.submit(Served(request_id, dt.datetime.now(dt.UTC), rows, proba, model))
             values = proba.tolist()

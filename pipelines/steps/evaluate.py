@@ -3,7 +3,12 @@
 The model is scored through the same tf.data path it was trained with; the
 baseline (``HistGradientBoostingClassifier``) is fitted on the same training
 split. Both sets of metrics go to the pipeline run's MLflow run, prefixed
-``holdout_`` and ``baseline_holdout_``.
+``holdout_`` and ``baseline_holdout_``. Each feature's permutation importance
+(:mod:`pipelines.model.importance`) goes there too, as ``importance_<feature>``
+metrics and a table; features whose shuffling barely lowers the AUC are flagged.
+
+Every score and metric must be finite: a NaN fails the step
+(:mod:`pipelines.model.finite`) instead of being dropped from the run.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pipelines.config import (
 )
 from pipelines.data.partitions import read_sample
 from pipelines.model.features import LABEL
+from pipelines.model.finite import require_finite_metrics, require_finite_scores, row_labels
 from pipelines.model.metrics import binary_metrics
 from pipelines.steps.preprocess import load_manifest
 from pipelines.tracking import Tracking, get_or_create_run, use_tracking
@@ -215,11 +221,18 @@ def evaluate(
 
     Returns:
         The MLflow run id, the path of ``evaluation.json``, the overall metrics of the
-        challenger, the baseline and the champion, and the flagged slices.
+        challenger, the baseline and the champion, the flagged slices and the features
+        flagged as not helping (permutation importance below ``cfg.importance.min_drop``).
+
+    Raises:
+        NonFiniteScores: a model scored a holdout row NaN or infinite.
+        NonFiniteMetrics: an overall metric or an importance came out NaN or infinite (e.g. a
+            holdout of one class has no AUC).
     """
     _passive_openmp()
     import mlflow
 
+    from pipelines.model.importance import flag_unhelpful, importance_table, permutation_importances
     from pipelines.model.network import load_model
     from pipelines.model.tfdata import make_dataset
 
@@ -236,6 +249,10 @@ def evaluate(
     proba = np.asarray(model.predict(ds, verbose=0), dtype=np.float32).reshape(-1)
     if len(proba) != len(holdout):
         raise RuntimeError(f"holdout shards hold {len(proba)} rows, the holdout split {len(holdout)}")
+    # Rows named by their key in a non-finite score's message, or by their position in the holdout split.
+    keys = list(spec.key_columns) or ["holdout row number"]
+    ids = row_labels(holdout[keys]) if spec.key_columns else [str(i) for i in range(len(holdout))]
+    require_finite_scores(proba, ids, "challenger on the holdout", keys)  # before the baseline's fit
     curves = {"challenger": proba}
 
     train = read_sample(splits["train"]["parquet"], cfg.baseline.max_rows, train_cfg.seed)
@@ -246,9 +263,14 @@ def evaluate(
     if champion_proba is not None:
         curves["champion"] = champion_proba
 
+    classes = np.unique(y)
+    hint = f" (the holdout holds {len(y)} rows of class {classes[0]} only)" if len(classes) == 1 else ""
     result: dict[str, Any] = {"threshold": threshold, "champion_version": champion_version}
     for name, p in curves.items():
+        who = f"{name} v{champion_version}" if name == "champion" else name
+        require_finite_scores(p, ids, f"{who} on the holdout", keys)
         overall = binary_metrics(y, p, threshold)
+        require_finite_metrics(overall, f"{who} on the holdout", hint)
         slices = slice_metrics(holdout, y, p, cfg, threshold)
         result[name] = {"overall": overall, "slices": slices}
     result["flagged_slices"] = flag_slices(
@@ -256,6 +278,12 @@ def evaluate(
     )
     # Kept at the top level too: what register and the CLI read.
     result["model"] = result["challenger"]["overall"]
+    importance = permutation_importances(model, spec.features, holdout, y, cfg.importance, train_cfg.seed)
+    require_finite_metrics(
+        {f"importance of {k}": v["mean"] for k, v in importance["features"].items()}, "permutation importance"
+    )
+    result["feature_importance"] = importance
+    result["unhelpful_features"] = flag_unhelpful(importance, cfg.importance.min_drop)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=1))
@@ -273,14 +301,31 @@ def evaluate(
     metrics.update({f"baseline_holdout_{k}": v for k, v in result["baseline"]["overall"].items()})
     if "champion" in result:
         metrics.update({f"champion_holdout_{k}": v for k, v in result["champion"]["overall"].items()})
-    client.log_batch(
-        run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)]
+    metrics.update({f"importance_{k}": v["mean"] for k, v in importance["features"].items()})
+    metrics["importance_seconds"] = importance["seconds"]
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.log_table(
+        run_id, importance_table(importance, cfg.importance.min_drop), "evaluation/feature_importance.json"
     )
     client.set_tag(run_id, "evaluation.flagged_slices", "; ".join(result["flagged_slices"]) or "none")
+    client.set_tag(
+        run_id,
+        "evaluation.unhelpful_features",
+        ", ".join(line.split(":")[0] for line in result["unhelpful_features"]) or "none",
+    )
     for path in [out_dir / EVALUATION_FILE, *plots]:
         client.log_artifact(run_id, str(path), "evaluation")
     for line in result["flagged_slices"]:
         log.warning("flagged slice: %s", line)
+    for line in result["unhelpful_features"]:
+        log.warning("feature not helping: %s", line)
+    log.info(
+        "permutation importance of %d features on %d holdout rows (%d repeats) in %.1fs",
+        len(importance["features"]),
+        importance["rows"],
+        importance["repeats"],
+        importance["seconds"],
+    )
     log.info(
         "holdout AUC: challenger %.4f, baseline %.4f, champion %s",
         result["challenger"]["overall"]["auc"],
@@ -295,4 +340,5 @@ def evaluate(
         "champion": result.get("champion", {}).get("overall"),
         "champion_version": champion_version,
         "flagged_slices": result["flagged_slices"],
+        "unhelpful_features": [line.split(":")[0] for line in result["unhelpful_features"]],
     }

@@ -30,6 +30,7 @@ from pipelines.config import (
 from pipelines.data.partitions import partition_dir
 from pipelines.data.rows import ROW_ID, row_ids, row_keys
 from pipelines.model.features import frame_fingerprint
+from pipelines.model.finite import require_finite_scores, row_labels
 from pipelines.steps.collect import available_days, fetch_day, source_date
 from pipelines.tracking import use_tracking
 
@@ -86,6 +87,8 @@ def batch_predict(
 
     Raises:
         ValidationFailed: the inputs failed the gate.
+        NonFiniteScores: the model scored a row NaN or infinite; nothing is written (the
+            partition of an earlier run of the day is left as it was).
     """
     import mlflow
 
@@ -140,6 +143,9 @@ def batch_predict(
     out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
     if not spec.key_columns:  # no natural key: monitoring joins the labels on this id
         out.insert(0, ROW_ID, row_ids(frame, spec))
+    keys = row_keys(spec)
+    # A NaN compares False with the threshold: it would publish as a confident "no". Refused whole.
+    require_finite_scores(proba.to_numpy(), row_labels(out[keys]), f"{name} v{version} on {day}", keys)
     out[cfg.probability_column] = proba
     out[cfg.decision_column] = proba >= evaluate_cfg.threshold
     out["model_name"] = name
@@ -149,7 +155,7 @@ def batch_predict(
     out["scored_at"] = pd.Timestamp.now(tz="UTC")
 
     if cfg.sink is not None and len(out):
-        upsert(out, cfg.sink, row_keys(spec))
+        upsert(out, cfg.sink, keys)
     path = partition_dir(predictions_dir, day) / PREDICTION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -12,7 +12,10 @@ weights come back into the same TensorFlow-backend model before it is saved.
 Checkpoints go to the run's own folder (Keras ``BackupAndRestore``, the
 previous epoch's kept too), so a retried task resumes from its last completed
 epoch, or the one before when a kill left the last checkpoint half-written. Early stopping watches
-the validation AUC and restores the best weights.
+the validation AUC and restores the best weights. A NaN or infinite training loss stops the fit at
+that batch (:func:`pipelines.model.finite.nan_guard`, under either backend) with a
+:class:`~pipelines.model.finite.TrainingDiverged` naming the epoch and batch: nothing is saved,
+so nothing can be registered.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import DatasetConfig, PreprocessConfig, TrainConfig
+from pipelines.model.finite import TrainingDiverged
 from pipelines.steps.preprocess import STATS_FILE, load_manifest
 from pipelines.tracking import Tracking, get_or_create_run
 
@@ -171,9 +175,13 @@ def fit_model(
     Returns:
         The full model (raw features in, probability out), the fit history and
         the seconds spent fitting.
+
+    Raises:
+        TrainingDiverged: the training loss became NaN or infinite (the epoch and batch named).
     """
     import keras
 
+    from pipelines.model.finite import nan_guard
     from pipelines.model.network import build_core_model, build_preprocessing, compose_model
     from pipelines.model.tfdata import make_dataset
 
@@ -244,7 +252,12 @@ def fit_model(
                 train_ds,
                 validation_data=val_ds,
                 epochs=cfg.epochs,
-                callbacks=[*(callbacks or []), early_stopping, _epoch_log_callback(cfg.epochs)],
+                callbacks=[
+                    nan_guard(cfg.learning_rate),  # first: it raises before anything sees the broken batch
+                    *(callbacks or []),
+                    early_stopping,
+                    _epoch_log_callback(cfg.epochs),
+                ],
                 verbose=0,
             ).history
     finally:
@@ -273,6 +286,10 @@ def train(
 
     Returns:
         The MLflow run id, the model path, the epochs run and the best validation AUC.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite; the run is tagged ``train.diverged``
+            and its checkpoints are removed, so a run after a fix starts afresh.
     """
     import keras
     import mlflow
@@ -301,9 +318,16 @@ def train(
     # when the last cannot be (a process killed while writing it left it corrupt).
     backup = keras.callbacks.BackupAndRestore(str(model_dir / "backup"), double_checkpoint=True)
     callbacks = [backup, _mlflow_epoch_callback(client, run_id)]
-    model, history, seconds = fit_model(
-        dataset, preprocess_cfg, cfg, processed_dir, hardware, callbacks, cache_dir=model_dir
-    )
+    try:
+        model, history, seconds = fit_model(
+            dataset, preprocess_cfg, cfg, processed_dir, hardware, callbacks, cache_dir=model_dir
+        )
+    except TrainingDiverged as err:
+        client.set_tag(run_id, "train.diverged", str(err)[:5000])
+        # The checkpoints lead to the same NaN: a run after a fix (data, learning rate) starts afresh.
+        shutil.rmtree(model_dir / "backup", ignore_errors=True)
+        log.error("%s", err)
+        raise
     model_path = model_dir / MODEL_FILE
     model.save(model_path)
     val_auc = history.get("val_auc", [float("nan")])
