@@ -158,6 +158,12 @@ class DatasetConfig(_Section):
     post_event_columns: tuple[str, ...] = ()
     # The raw schema every collected batch must have, column -> pandas dtype kind.
     schema_: Annotated[dict[str, Literal["int", "float", "string", "date"]], Field(alias="schema")]
+    # Columns never kept in clear, column -> drop (never written anywhere) or hash (a salted SHA-256
+    # digest, as text). Applied as each day is fetched, before anything is staged or published; never
+    # a feature, key, time, label or slice column, nor named by a value rule (checked at load).
+    sensitive: dict[str, Literal["drop", "hash"]] = {}
+    # The environment variable holding the salt of hashed columns: a salt in params.yaml (in git) is no salt.
+    sensitive_salt_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "MLOPS_SENSITIVE_SALT"
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetConfig:
@@ -184,6 +190,16 @@ class DatasetConfig(_Section):
     def entities(self) -> str:
         """What several rows are, for log lines: ``entity_plural``, else ``entity`` + "s"."""
         return self.entity_plural or f"{self.entity}s"
+
+    @property
+    def collected_schema(self) -> dict[str, str]:
+        """The columns a collected day holds and their kinds: ``schema`` less dropped sensitive columns,
+        hashed ones as text (their digests)."""
+        return {
+            col: "string" if self.sensitive.get(col) == "hash" else kind
+            for col, kind in self.schema_.items()
+            if self.sensitive.get(col) != "drop"
+        }
 
 
 # --------------------------------------------------------------------------- steps
@@ -684,7 +700,58 @@ def column_problems(params: Params) -> list[str]:
         for col in params.monitor.drift.exclude_columns
         if col not in spec.features.all
     ]
-    return problems + train_column_problems(spec, params.train)
+    return problems + train_column_problems(spec, params.train) + sensitive_problems(params)
+
+
+def sensitive_problems(params: Params) -> list[str]:
+    """Every key that uses a sensitive column (``dataset.sensitive``) where its values would show, naming the key.
+
+    A slice, a cross or a value rule reads the values; a dropped column has none, a hashed one only digests.
+    """
+    spec = params.dataset
+    sensitive = spec.sensitive
+    problems = [
+        f"dataset.sensitive.{col}: no column '{col}' in dataset.schema" for col in sensitive if col not in spec.schema_
+    ]
+    uses: dict[str, list[str]] = {}
+    for col, use in (
+        *((c, "a feature (dataset.features)") for c in spec.features.all),
+        *((c, "a key column (dataset.key_columns)") for c in spec.key_columns),
+        (spec.time_column, "the time column (dataset.time_column)"),
+        (spec.label.source_column, "the label's source column (dataset.label.source_column)"),
+    ):
+        if col in sensitive:
+            uses.setdefault(col, []).append(use)
+    problems += [
+        f"dataset.sensitive.{col}: a sensitive column cannot be {' nor '.join(what)}: its values are "
+        f"{'dropped' if sensitive[col] == 'drop' else 'hashed'} as they are collected"
+        for col, what in uses.items()
+    ]
+    rules = params.validation
+    problems += [
+        f"validate.{rule}.{col}: '{col}' is a sensitive column (dataset.sensitive: {sensitive[col]}); "
+        "no value rule applies to it"
+        for rule, columns in (
+            ("null_fraction_overrides", rules.null_fraction_overrides),
+            ("ranges", rules.ranges),
+            ("categories", rules.categories),
+        )
+        for col in columns
+        if col in sensitive
+    ]
+    problems += [
+        f"evaluate.slice_columns: '{col}' is a sensitive column (dataset.sensitive: {sensitive[col]})"
+        for col in params.evaluate.slice_columns
+        if col in sensitive
+    ]
+    hours = params.evaluate.hour_buckets
+    if hours is not None and hours.column in sensitive:
+        problems.append(f"evaluate.hour_buckets.column: '{hours.column}' is a sensitive column (dataset.sensitive)")
+    for cross in params.train.crosses:
+        named = [c for c in cross if c in sensitive or c.removesuffix("_bucket") in sensitive]
+        if named:
+            problems.append(f"train.crosses {list(cross)}: {named} are sensitive columns (dataset.sensitive)")
+    return problems
 
 
 def _format_error(err: ValidationError) -> str:

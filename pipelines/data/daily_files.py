@@ -11,6 +11,8 @@
 * Checked against the producer's completeness signal when one is configured: a
   ``<file>.rows`` or ``<file>.sha256`` sidecar, or a marker file for the day.
 * A day without files is an error, or an empty day (``missing_day: empty``).
+* A message about a bad row or value never quotes it when the data set declares
+  sensitive columns (``dataset.sensitive``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.config import DatasetConfig, FilesSource
+from pipelines.data.privacy import WITHHELD
 from pipelines.errors import CollectError
 
 if TYPE_CHECKING:
@@ -135,7 +138,7 @@ def _read_csv(path: str, spec: DatasetConfig) -> tuple[pd.DataFrame, int]:
             where = f"line {line}" if line else "a row"
             raise CollectError(
                 f"{path}: cannot be read as csv: {where} has {actual} fields, not {expected} "
-                f"(a row cut short or with extra fields): {text[:80]!r}; refused"
+                f"(a row cut short or with extra fields): {_quoted(text, spec)}; refused"
             ) from None
         if "invalid UTF8" in str(err):
             raise CollectError(f"{path}: not valid UTF-8 text ({err})") from None
@@ -143,6 +146,11 @@ def _read_csv(path: str, spec: DatasetConfig) -> tuple[pd.DataFrame, int]:
             raise CollectError(f"{path}: the file is empty") from None
         raise CollectError(f"{path}: cannot be read as csv: {err}") from None
     return _numbers_cast(table, spec).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), 2
+
+
+def _quoted(text: str, spec: DatasetConfig) -> str:
+    """A bad row's text for a message, unless the data set has sensitive columns it could show."""
+    return WITHHELD if spec.sensitive else repr(text[:80])
 
 
 def _numbers_cast(table: pa.Table, spec: DatasetConfig) -> pa.Table:
@@ -232,7 +240,9 @@ def _typed(frame: pd.DataFrame, spec: DatasetConfig, path: str, first_line: int)
         if bad is None:
             continue
         values = frame.loc[bad.to_numpy(), name]
-        sample = ", ".join(repr(v) for v in values.drop_duplicates().head(_SAMPLE))
+        sample = (
+            WITHHELD if name in spec.sensitive else ", ".join(repr(v) for v in values.drop_duplicates().head(_SAMPLE))
+        )
         where = f"line {values.index[0] + first_line}" if first_line else f"row {values.index[0]}"
         fmt = f" with date_format {date_format!r}" if kind == "date" and date_format else ""
         log.warning(

