@@ -8,6 +8,7 @@
     reproduce  restore a registered model's code and data, retrain, compare the metrics
     data pull  a model version's (or alias') training data: its dataset version cloned, pulled, checked
     explain    one row through a model version, stage by stage: inputs, preprocessing, logit parts, probability
+    tune       search the model's hyper-parameters on a preprocessed dataset; --apply writes the proposal
 
 The same functions back the Airflow tasks, the DVC stages and these commands.
 """
@@ -69,6 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--model-version", required=True)
     rep.add_argument("--tolerance", type=float, default=0.01, help="largest accepted |AUC difference|")
     rep.add_argument("--workdir", type=Path, default=None, help="where to clone (default: a temporary folder)")
+
+    tn = sub.add_parser("tune", help="hyper-parameter search on a preprocessed dataset's validation split")
+    tn.add_argument(
+        "--processed", type=Path, default=None, help="preprocessed data (default: data/processed, the latest version)"
+    )
+    tn.add_argument("--run-id", default=None, help="run id; the same id resumes its study (default: from data+params)")
+    tn.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key, e.g. tune.n_trials=5",
+    )
+    tn.add_argument(
+        "--apply", type=Path, default=None, metavar="PROPOSAL", help="write a proposal.yaml into params.yaml"
+    )
 
     data = sub.add_parser("data", help="a registered model's training data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -252,6 +269,52 @@ def _monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """``tune``: run (or resume) a study and print its proposal; ``--apply`` writes a proposal into params.yaml."""
+    from pipelines.runner import RunContext, run_tune
+    from pipelines.settings import resolve
+
+    settings = resolve()
+    if args.apply is not None:
+        from pipelines.proposal import apply_proposal
+
+        changed = apply_proposal(args.apply, settings.params_path)
+        for key, change in changed.items():
+            print(f"{settings.params_path}: {key}: {change['from']} -> {change['to']}")
+        if not changed:
+            print(f"{settings.params_path} already holds the values of {args.apply}")
+        return 0
+    processed = args.processed or settings.processed_dir
+    manifest_path = processed / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(
+            f"no preprocessed dataset in {processed}: run the pipeline or 'dvc pull', or pass --processed"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    overrides = _overrides(args.set)
+    params = load_params(settings.params_path).with_overrides(overrides)
+    # The same data and params resume the same study; anything else starts a new one.
+    digest = hashlib.sha256(
+        json.dumps([params.train.model_dump(mode="json"), params.tune.model_dump(mode="json")], sort_keys=True).encode()
+    )
+    window_end = dt.date.fromisoformat(manifest["window_end"])
+    ctx = RunContext(
+        dag_id="cli",
+        run_id=args.run_id or f"cli_tune__{window_end}__{manifest['data_fingerprint'][:8]}-{digest.hexdigest()[:8]}",
+        run_day=window_end,
+        overrides=overrides,
+    )
+    result = run_tune(ctx, str(processed))
+    print(json.dumps(result, indent=1, default=str))
+    print(f"\nproposal ({result['proposal_path']}):\n" + Path(result["proposal_path"]).read_text())
+    if result["changed"]:
+        print(f"apply to params.yaml: {result['apply']}")
+        print(f"or for one run: python -m pipelines run --date D {result['set_flags']}")
+    else:
+        print("the current train values remain best on validation: nothing to change")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     """``explain``: the stages of one row through a registered version, as text or JSON."""
     from pipelines.model.explain import explain, format_explanation
@@ -355,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             return _data_pull(args)
         elif args.command == "explain":
             return _explain(args)
+        elif args.command == "tune":
+            return _tune(args)
         else:
             from pipelines.reproduce import reproduce
 

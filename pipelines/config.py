@@ -595,6 +595,76 @@ class ServeConfig(_Section):
     queue_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
 
+class FloatRange(_Section):
+    """A continuous range, sampled uniformly or, with ``log``, uniformly in its logarithm."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+class TuneConfig(_Section):
+    """The hyper-parameter search (``python -m pipelines tune``, the ``flights_tuning`` DAG).
+
+    Each trial trains ``epochs`` epochs on a preprocessed dataset's training split and is
+    scored on its validation split; the current ``train`` values are always trial 0.
+    """
+
+    class Space(_Section):
+        """What a trial samples: a range for each float, a list of choices for the others.
+
+        Every bound and choice must be a valid value of its ``train`` key; the current
+        ``train`` value is added to its range or choices when outside them (trial 0).
+        """
+
+        learning_rate: FloatRange = FloatRange(low=0.0003, high=0.03, log=True)
+        dropout: FloatRange = FloatRange(low=0.0, high=0.5)
+        hidden_units: Annotated[tuple[tuple[Annotated[int, Field(ge=1)], ...], ...], Field(min_length=1)] = (
+            (16,),
+            (32,),
+            (64,),
+            (64, 32),
+        )
+        embedding_dim: Annotated[tuple[int, ...], Field(min_length=1)] = (2, 4, 8, 16)
+        batch_size: Annotated[tuple[int, ...], Field(min_length=1)] = (1024, 2048, 4096)
+
+        @model_validator(mode="after")
+        def _valid_train_values(self) -> TuneConfig.Space:
+            values = [
+                (f"{k}.{end}", k, getattr(getattr(self, k), end))
+                for k in ("learning_rate", "dropout")
+                for end in ("low", "high")
+            ]
+            values += [(k, k, v) for k in ("hidden_units", "embedding_dim", "batch_size") for v in getattr(self, k)]
+            problems = []
+            for where, key, value in values:
+                try:
+                    TrainConfig.model_validate({key: value})
+                except ValidationError as err:
+                    problems.append(f"tune.space.{where}: {err.errors()[0]['msg']} for train.{key} (got {value!r})")
+            if problems:
+                raise ValueError("\n".join(problems))
+            return self
+
+    n_trials: Annotated[int, Field(ge=1, le=10_000)] = 20  # trials in all, trial 0 (the current values) included
+    # No trial starts after this many seconds (a running one finishes); None: n_trials alone decides.
+    timeout_seconds: Annotated[int | None, Field(ge=1)] = 3600
+    seed: int = 42  # the sampler's; every trial trains with train.seed, so trials differ by their values only
+    epochs: Annotated[int, Field(ge=1, le=500)] = 3  # per trial: short runs, ranked on validation AUC
+    # Stop a trial whose validation AUC after an epoch is below the median of earlier trials' at that epoch.
+    prune: bool = True
+    experiment: str = "tuning"  # the MLflow experiment of the studies (one parent run each, a nested run per trial)
+    space: Space = Space()
+
+
 class Params(_Section):
     """The whole of ``params.yaml``."""
 
@@ -609,6 +679,7 @@ class Params(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _columns_known(self) -> Params:
