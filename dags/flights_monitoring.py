@@ -4,7 +4,8 @@
 Runs after new data arrives (the `flights_collected` Asset, emitted by the training DAG's
 `collect` task) or by hand for a given day:
 **wait_for_data → resolve_champion → check_data_drift, check_prediction_drift, check_performance →
-decide → should_retrain → trigger_training → record_retraining**.
+decide → should_retrain → trigger_training → record_retraining**, and beside them
+**check_served**, **check_staleness** and **check_compute**.
 
 The window is the `monitor.window_days` days ending on the monitored day; the reference is a
 sample of the current champion's own training split, logged with its model version.
@@ -15,9 +16,20 @@ sample of the current champion's own training split, logged with its model versi
 * **check_performance**: its metrics on the scored days whose labels are in, against its holdout
   metrics.
 
-Each check writes an Evidently report (HTML and JSON) to
+Reported and alerted, never a reason to retrain:
+
+* **check_served**: what the prediction service answered in the window (`data/served/`): its
+  rows' drift against the same reference, the shadow's decisions and scores against the live
+  model's, and, once their labels are published, the champion's online metrics beside its holdout's.
+* **check_staleness**: the champion's age (days since the last day of its data); a `model_stale`
+  alert past `monitor.max_model_age_days`.
+* **check_compute**: each step's time and peak memory in the newest pipeline run against its
+  median over earlier runs (`monitor.compute`); a `compute_regression` alert past the limits.
+
+Each drift and performance check writes an Evidently report (HTML and JSON) to
 `$MLOPS_HOME/runs/flights_monitoring/<run id>/monitor/` and to the run's MLflow run
-(experiment `monitor.experiment`, folder `reports/`); the task log gives their paths.
+(experiment `monitor.experiment`, folder `reports/`), the others a JSON file there; the task log
+gives their paths.
 
 **decide** asks for retraining when the share of drifted features reaches `monitor.drift.drift_share`
 or a metric is worse than on the holdout by more than `monitor.performance.max_worsening`, unless a
@@ -181,6 +193,28 @@ def flights_monitoring():
 
         return run_check_performance(_run_context(data["day"]), champion)
 
+    # Watched beside the decision, never a reason to retrain: served traffic, the champion's age, compute.
+    @task
+    @fail_fast
+    def check_served(data: dict, champion: dict) -> dict:
+        from pipelines.runner import run_check_served
+
+        return run_check_served(_run_context(data["day"]), champion)
+
+    @task
+    @fail_fast
+    def check_staleness(data: dict, champion: dict) -> dict:
+        from pipelines.runner import run_check_staleness
+
+        return run_check_staleness(_run_context(data["day"]), champion)
+
+    @task
+    @fail_fast
+    def check_compute(data: dict) -> dict:
+        from pipelines.runner import run_check_compute
+
+        return run_check_compute(_run_context(data["day"]))
+
     @task(inlets=[RETRAINING_REQUESTED])
     @fail_fast
     def decide(data: dict, data_drift: dict, prediction_drift: dict, performance: dict) -> dict:
@@ -234,6 +268,9 @@ def flights_monitoring():
         check_performance(data, champion),
     )
     should_retrain(decision) >> trigger_training >> record_retraining(decision)
+    check_served(data, champion)
+    check_staleness(data, champion)
+    check_compute(data)
 
 
 flights_monitoring()

@@ -515,6 +515,53 @@ def run_check_performance(ctx: RunContext, champion: dict[str, Any]) -> dict[str
 
 
 @in_step_worker
+def run_check_served(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """What the prediction service answered in the window: drift, the shadow against the live model, online metrics."""
+    from pipelines.monitoring.reference import Champion
+    from pipelines.steps import monitor
+
+    return monitor.served_traffic_step(
+        ctx.params.dataset,
+        ctx.params.monitor,
+        ctx.params.evaluate.threshold,
+        ctx.run_day,
+        Champion.from_dict(champion),
+        ctx.settings,
+        ctx.run_dir / "monitor",
+        ctx.tracking,
+    )
+
+
+@in_step_worker
+def run_check_staleness(ctx: RunContext, champion: dict[str, Any]) -> dict[str, Any]:
+    """The champion's age on the monitored day; a ``model_stale`` alert past ``monitor.max_model_age_days``."""
+    from pipelines import alerts
+    from pipelines.monitoring.reference import Champion
+    from pipelines.steps import monitor
+
+    result = monitor.staleness_step(
+        ctx.params.dataset, ctx.params.monitor, ctx.run_day, Champion.from_dict(champion), ctx.tracking
+    )
+    alert = monitor.stale_alert(result, dag_id=ctx.dag_id, run_id=ctx.run_id)
+    sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home) if alert else {}
+    return {**result.as_dict(), "summary": result.summary(), "alerts": sent}
+
+
+@in_step_worker
+def run_check_compute(ctx: RunContext) -> dict[str, Any]:
+    """The newest pipeline run's step times and memory against earlier runs; a ``compute_regression`` alert."""
+    from pipelines import alerts
+    from pipelines.steps import monitor
+
+    result = monitor.compute_step(
+        ctx.params.monitor, ctx.params.mlflow.experiment, ctx.run_day, ctx.tracking, ctx.run_dir / "monitor"
+    )
+    alert = monitor.compute_alert(result, dag_id=ctx.dag_id, run_id=ctx.run_id)
+    sent = alerts.notify(alert, ctx.params.monitor.alerts, ctx.settings.home) if alert else {}
+    return {**result.as_dict(), "summary": result.summary(), "alerts": sent}
+
+
+@in_step_worker
 def run_retrain_decision(
     ctx: RunContext,
     checks: dict[str, dict[str, Any]],

@@ -5,7 +5,10 @@ of ``monitor.window_days`` days ending on the monitored day (:mod:`pipelines.mon
 data drift of the published rows and prediction drift of the champion's scores against
 its reference, :mod:`pipelines.monitoring.reference`; performance on the labelled days
 it scored against its holdout metrics), logs each to the monitoring run in MLflow, and
-decides.
+decides. Beside the decision, and never a reason to retrain, it watches what the prediction
+service answered (:mod:`pipelines.monitoring.served`), the champion's age
+(:mod:`pipelines.monitoring.staleness`) and the pipeline steps' time and memory
+(:mod:`pipelines.monitoring.compute`); those steps live in their modules and are named here.
 
 :func:`retrain_decision` turns the three into a decision: retrain when the share of
 drifted features or the worsening of a metric passes its threshold in
@@ -23,7 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipelines.config import DatasetConfig, MonitorConfig, PredictConfig
@@ -38,14 +40,17 @@ from pipelines.monitoring.checks import (
     check_performance,
     check_prediction_drift,
 )
+from pipelines.monitoring.compute import compute_alert as compute_alert
+from pipelines.monitoring.compute import compute_step as compute_step
 from pipelines.monitoring.reference import PROBABILITY, Champion, load_champion_reference
+from pipelines.monitoring.runlog import REPORT_ARTIFACT_DIR, log_check, monitoring_run
+from pipelines.monitoring.served import served_traffic_step as served_traffic_step
+from pipelines.monitoring.staleness import stale_alert as stale_alert
+from pipelines.monitoring.staleness import staleness_step as staleness_step
 from pipelines.settings import Settings
 from pipelines.tracking import Tracking
 
 log = logging.getLogger(__name__)
-
-REPORT_ARTIFACT_DIR = "reports"  # in the MLflow run of the monitoring run
-
 
 # --------------------------------------------------------------------------- the window
 
@@ -190,13 +195,6 @@ def retrain_decision(
 # --------------------------------------------------------------------------- MLflow
 
 
-def monitoring_run(tracking: Tracking, experiment: str) -> str:
-    """The id of the MLflow run of a monitoring run, in its own experiment (created on first use)."""
-    from pipelines.tracking import get_or_create_run
-
-    return get_or_create_run(replace(tracking, experiment=experiment))
-
-
 def start_monitoring_run(tracking: Tracking, experiment: str, champion: Champion) -> str:
     """Create the monitoring run's MLflow run, tagged with the champion it watches."""
     import mlflow
@@ -208,29 +206,6 @@ def start_monitoring_run(tracking: Tracking, experiment: str, champion: Champion
     client.set_tag(run_id, "champion.run_id", champion.run_id)
     log.info("monitoring %s version %s (MLflow run %s)", champion.model_name, champion.version, run_id)
     return run_id
-
-
-def log_check(
-    tracking: Tracking, experiment: str, name: str, result: Any, metrics: Mapping[str, float | None]
-) -> str | None:
-    """Log a check's reports under ``reports/`` of the monitoring run, and its numbers; the HTML report's URI."""
-    import time
-
-    import mlflow
-
-    run_id = monitoring_run(tracking, experiment)
-    client = mlflow.MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
-    uri = None
-    for path in (result.report_html, result.report_json):
-        if path:
-            client.log_artifact(run_id, path, REPORT_ARTIFACT_DIR)
-    if result.report_html:
-        uri = f"runs:/{run_id}/{REPORT_ARTIFACT_DIR}/{Path(result.report_html).name}"
-    now = int(time.time() * 1000)
-    finite = {f"{name}.{k}": float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in finite.items()])
-    client.set_tag(run_id, f"{name}.detected", str(bool(result.detected)).lower())
-    return uri
 
 
 def record_trigger(tracking_uri: str, run_id: str, reason: str, report: str | None) -> None:

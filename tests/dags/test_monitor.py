@@ -442,6 +442,39 @@ def _score(days: list[dt.date]) -> None:
         run_batch_predict(RunContext(dag_id="flights_training", run_id=f"score_{d}", run_day=d - dt.timedelta(days=1)))
 
 
+def _serve(days: list[dt.date], champion_version: str) -> None:
+    """What the prediction service would have logged had it answered every scored flight of ``days``.
+
+    The champion's probabilities are its batch scores of those flights (online scores equal them:
+    tests/e2e/test_serving.py); a shadow scores the first half of each day a little lower.
+    """
+    from pipelines.data.partitions import read_days
+    from pipelines.serving.served_log import Served, ServedLog
+    from pipelines.serving.versions import ServedModel
+    from pipelines.settings import resolve
+
+    params, settings = _params(), resolve()
+    spec = params.dataset
+
+    def version(v: str) -> ServedModel:
+        return ServedModel("flight_delay", v, "champion", None, None, 0.5, "params", spec.features, "", 0.0, len)
+
+    log = ServedLog(settings.data_dir / "served", {c: spec.schema_[c] for c in spec.features.all})
+    for d in days:
+        raw, _ = read_days(settings.raw_dir, [d])
+        scored, _ = read_days(settings.predictions_dir, [d])
+        rows = raw.merge(scored[[*spec.key_columns, params.predict.probability_column]], on=list(spec.key_columns))
+        p = rows[params.predict.probability_column].to_numpy(dtype="float64")
+        features = rows[list(spec.features.all)].astype(object)
+        records = features.where(features.notna(), None).to_dict("records")
+        half = len(records) // 2
+        at = dt.datetime(d.year, d.month, d.day, 9, tzinfo=dt.UTC)
+        live = version(champion_version)
+        log.append(Served(f"{d}-a", at, records[:half], p[:half], live), version("shadow"), p[:half] * 0.8)
+        log.append(Served(f"{d}-b", at, records[half:], p[half:], live), None, None)
+    log.flush()
+
+
 def _training_runs() -> list[dict]:
     """The training runs monitoring created so far: id, conf, note, state."""
     from airflow.models.dagrun import DagRun
@@ -533,6 +566,7 @@ def monitoring(tmp_path_factory, airflow_db):
         out["summer"] = monitor("2013-07-07")
         out["summer_runs"] = _training_runs()
         out["summer_state"] = _last_retraining()
+        _serve(WINTER, trained["register"]["model_version"])  # the service answered that week's flights
         out["winter"] = monitor("2013-03-07")
         out["winter_runs"] = _training_runs()
         _finish_training_runs()
@@ -667,6 +701,41 @@ def test_days_like_the_training_data_do_not_retrain(monitoring) -> None:
     assert len(monitoring["winter_runs"]) == 1, "no training run beyond the summer one"
     performance = _xcom(run, "check_performance")
     assert performance["status"] == "ok" and performance["rows"] >= 6000, "the champion's own scores, labelled"
+
+
+@pytest.mark.e2e
+def test_served_traffic_is_watched_beside_the_batch_scores(monitoring) -> None:
+    run = monitoring["winter"]
+    served, performance = _xcom(run, "check_served"), _xcom(run, "check_performance")
+    assert served["status"] == "ok" and served["days"] == [d.isoformat() for d in WINTER]
+    assert served["drift"]["status"] == "ok" and not served["drift"]["detected"], served["drift"]["summary"]
+    assert Path(served["drift"]["report_html"]).name == "served_data_drift.html"
+    shadow = served["shadow"]
+    assert shadow["status"] == "ok" and shadow["rows"] < served["rows"] and shadow["shadow_versions"] == ["shadow"]
+    assert shadow["mean_shift"] < 0 and 0.5 < shadow["agreement"] <= 1
+    # Online: the same flights and scores as the batch performance check, matched on their features.
+    online = served["online"]
+    assert online["status"] == "ok" and online["matched_on"] == "features"
+    assert online["rows"] == pytest.approx(performance["rows"], rel=0.01)
+    assert online["current"]["auc"] == pytest.approx(performance["current"]["auc"], abs=0.005)
+    assert online["holdout"]["auc"] == pytest.approx(performance["holdout"]["auc"])
+    # The champion is a week old; step figures come from the step worker, which dag.test() does not use.
+    staleness = _xcom(run, "check_staleness")
+    assert staleness["age_days"] == 7 and not staleness["detected"]
+    assert _xcom(run, "check_compute")["status"] == "insufficient_history"
+    # No traffic in July: said so, and nothing fails.
+    assert _xcom(monitoring["summer"], "check_served")["status"] == "no_served_traffic"
+
+
+@pytest.mark.e2e
+def test_an_old_champion_alerts_as_stale(monitoring) -> None:
+    from pipelines.alerts import read_alerts
+
+    run = monitoring["december"]
+    staleness = _xcom(run, "check_staleness")
+    assert staleness["detected"] and staleness["age_days"] == (dt.date(2013, 12, 14) - CHAMPION_DAY).days
+    stale = [a for a in read_alerts(monitoring["settings"].home) if a["event"] == "model_stale"]
+    assert any(a["run_id"] == run.run_id for a in stale)
 
 
 @pytest.mark.e2e
