@@ -42,7 +42,11 @@ The new model (`challenger`) and the current `champion` are scored on the same h
 champion by more than `register.max_auc_drop`, and no slice regresses by more than
 `register.max_slice_auc_drop`; the first model must also beat the scikit-learn baseline. A model
 trained on a batch that passed validation with warnings is not promoted automatically: check the
-data, then promote it with `force_promotion` and a `promotion_reason`.
+data, then promote it with `force_promotion` and a `promotion_reason` (recorded with the triggering user).
+With `register.canary.min_agreement` the two models' decisions on the next day's rows must also agree
+(the batch canary); with `register.min_shadow_requests` a passing model waits as `challenger` until
+serving has shadow-scored enough requests, and a later `register` (or `python -m pipelines
+promote-challenger`) promotes it.
 `python -m pipelines rollback --reason "..."` moves `champion` back.
 """
 
@@ -78,7 +82,9 @@ def _run_context():
         run_day = ctx["logical_date"].date()
     else:
         raise ConfigError("this run has no data interval: set the 'data_date' parameter (YYYY-MM-DD)")
-    return RunContext.from_trigger(DAG_ID, ctx["run_id"], run_day, params)
+    # Who triggered it is recorded with a forced promotion.
+    user = getattr(ctx["dag_run"], "triggering_user_name", None)
+    return RunContext.from_trigger(DAG_ID, ctx["run_id"], run_day, params, user=user)
 
 
 def _train_placement() -> dict:

@@ -5,6 +5,7 @@
     step       one training step on explicit paths (what the ``dvc.yaml`` stages run)
     release    publish a quarantined batch after a fix (validated again)
     rollback   move the champion alias back to the previous champion, recorded
+    promote-challenger  promote the challenger waiting in shadow once the served log allows it
     reproduce  restore a registered model's code and data, retrain, compare the metrics
     data pull  a model version's (or alias') training data: its dataset version cloned, pulled, checked
     explain    one row through a model version, stage by stage: inputs, preprocessing, logit parts, probability
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rb = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
     rb.add_argument("--reason", required=True, help="why (recorded on the versions and in the promotion log)")
+
+    pc = sub.add_parser(
+        "promote-challenger", help="promote the challenger waiting in shadow once the served log allows it"
+    )
+    pc.add_argument("--force", action="store_true", help="promote it now, whatever the served log says")
+    pc.add_argument("--reason", default=None, help="why it is forced (required with --force, 10 characters or more)")
 
     rep = sub.add_parser("reproduce", help="restore a model version's code and data, retrain, compare metrics")
     rep.add_argument("--model-version", required=True)
@@ -396,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
+        elif args.command == "promote-challenger":
+            from pipelines.runner import RunContext, force_reason, run_promote_challenger
+
+            reason = force_reason({"force_promotion": args.force, "promotion_reason": args.reason})
+            ctx = RunContext(dag_id="cli", run_id="promote-challenger", run_day=dt.datetime.now(dt.UTC).date())
+            result = run_promote_challenger(ctx, force_reason=reason)
         elif args.command == "release":
             from pipelines.settings import resolve
             from pipelines.steps.validate import ValidationFailed, release

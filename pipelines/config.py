@@ -417,6 +417,17 @@ class EvaluateConfig(_Section):
     importance: ImportanceConfig = ImportanceConfig()
 
 
+class CanaryConfig(_Section):
+    """The batch canary: the challenger scored beside the champion on the next day's rows before the alias moves."""
+
+    # The two models' decisions (at the evaluation's threshold) must agree on at least this share of the
+    # rows for the challenger to be promoted; null: no canary (and no agreement bar for the shadow period).
+    min_agreement: Annotated[float | None, Field(ge=0, le=1)] = None
+    # Scored on a seeded sample of at most this many of the day's rows: the register step's time stays bounded.
+    max_rows: Annotated[int, Field(ge=100)] = 100_000
+    seed: int = 0
+
+
 class RegisterConfig(_Section):
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "binary_classifier"
     champion_min_auc: Annotated[float, Field(ge=0, le=1)] = 0.6
@@ -424,6 +435,11 @@ class RegisterConfig(_Section):
     max_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.005
     # and no slice's AUC may fall more than this below the champion's on that slice.
     max_slice_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.03
+    canary: CanaryConfig = CanaryConfig()
+    # With N > 0 a challenger that passes the gate (and a champion exists) gets the alias challenger, not
+    # champion: serving shadow-scores it (serve.shadow_alias: challenger) and it is promoted once the served
+    # log holds N shadow-scored requests for it, with decisions agreeing at least canary.min_agreement.
+    min_shadow_requests: Annotated[int, Field(ge=0)] = 0
 
 
 class SqlSink(_Section):

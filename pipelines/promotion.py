@@ -28,14 +28,63 @@ PROMOTION_LOG = "promotion_log.md"
 
 @dataclass(frozen=True)
 class Decision:
-    promote: bool
+    promote: bool  # the champion alias moves to the challenger now
     reasons: list[str] = field(default_factory=list)
     forced: bool = False
+    forced_by: str | None = None
+    # Passed the gate, but waits under the alias challenger for its shadow period (register.min_shadow_requests).
+    pending: bool = False
 
     @property
     def summary(self) -> str:
-        verdict = "promoted" + (" (forced)" if self.forced else "") if self.promote else "refused"
+        if self.pending:
+            verdict = "passed the gate, waits in shadow"
+        else:
+            verdict = "promoted" + (" (forced)" if self.forced else "") if self.promote else "refused"
         return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def acting_user(user: str | None = None) -> str:
+    """Who acts: the given user (an Airflow run's triggering user), else ``MLOPS_USER``, else the OS user."""
+    import getpass
+    import os
+
+    if user:
+        return user
+    try:
+        return os.environ.get("MLOPS_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        return "unknown"
+
+
+def canary_reason(canary: Any, cfg: RegisterConfig, has_champion: bool) -> tuple[bool, str | None]:
+    """The canary's part of the gate: (passes, its reason); (True, None) when the canary is off.
+
+    Args:
+        canary: a :class:`pipelines.canary.Canary` (its ``ran``, ``applicable``, ``note`` and figures),
+            or None when it did not run.
+        cfg: ``register.canary.min_agreement`` is the bar.
+        has_champion: whether the evaluation had a champion; without one and without a canary,
+            there is nothing to compare with: not applicable.
+    """
+    bar = cfg.canary.min_agreement
+    if bar is None:
+        return True, None
+    if canary is None and not has_champion:
+        return True, "canary not applicable: no champion to compare with"
+    if canary is not None and not canary.ran and not canary.applicable:
+        return True, f"canary not applicable: {canary.note}"
+    if canary is None or not canary.ran:
+        note = canary.note if canary is not None else "it did not run"
+        return False, f"canary could not compare the models ({note}), and it is required (min agreement {bar:.1%})"
+    figures = (
+        f"canary on {canary.day}: decisions agree with champion v{canary.champion_version} on "
+        f"{canary.agreement:.2%} of {canary.rows} rows at threshold {canary.threshold:g}, "
+        f"mean absolute score difference {canary.mean_abs_diff:.4f}"
+    )
+    if canary.agreement >= bar:
+        return True, f"{figures} (>= {bar:.1%})"
+    return False, f"{figures}: below the required {bar:.1%}"
 
 
 def promotion_decision(
@@ -43,8 +92,10 @@ def promotion_decision(
     cfg: RegisterConfig,
     force_reason: str | None = None,
     data_warnings: Sequence[str] | None = None,
+    canary: Any = None,
+    forced_by: str | None = None,
 ) -> Decision:
-    """Should the challenger become champion?
+    """Should the challenger become champion, now or after its shadow period?
 
     Rules (thresholds from ``register`` in params.yaml):
       * its holdout AUC meets the floor ``champion_min_auc``;
@@ -54,8 +105,12 @@ def promotion_decision(
         than the champion's on that slice by more than ``max_slice_auc_drop``;
       * the batch its run validated passed without warnings: a model trained on data that
         only warned (a new category on a share of rows, values far outside the training
-        range) is promoted by a person, not automatically.
-    A forced promotion (with a stated reason) skips the rules; they are still recorded.
+        range) is promoted by a person, not automatically;
+      * with ``canary.min_agreement`` set and a champion: the two models' decisions on the
+        next day's rows (the batch canary) agree on at least that share of them.
+    A challenger that passes, with a champion in place and ``min_shadow_requests`` > 0, is
+    not promoted yet: it waits in shadow (``pending``). A forced promotion (with a stated
+    reason) skips the rules and the shadow period; the rules are still recorded.
 
     Args:
         evaluation: the challenger, baseline and champion scored on one holdout.
@@ -63,6 +118,8 @@ def promotion_decision(
         force_reason: a person's stated reason to promote whatever the rules say.
         data_warnings: the warnings of the run's validation (one line each); None when unknown
             (a run outside the DAG that did not validate).
+        canary: the batch canary's figures (:class:`pipelines.canary.Canary`), None when it did not run.
+        forced_by: who forces the promotion (recorded with the reason).
 
     Returns:
         The verdict and every reason behind it.
@@ -116,8 +173,20 @@ def promotion_decision(
             f"trained on a batch that passed validation with {len(data_warnings)} warning(s), e.g. {first}; "
             "check the data, then promote with force_promotion and a promotion_reason"
         )
+    passes, reason = canary_reason(canary, cfg, champion is not None)
+    ok = ok and passes
+    if reason:
+        reasons.append(reason)
     if force_reason:
-        return Decision(promote=True, reasons=[f"forced: {force_reason}", *reasons], forced=True)
+        who = f"forced by {forced_by}" if forced_by else "forced"
+        return Decision(promote=True, reasons=[f"{who}: {force_reason}", *reasons], forced=True, forced_by=forced_by)
+    if ok and champion is not None and cfg.min_shadow_requests > 0:
+        bar = cfg.canary.min_agreement
+        reasons.append(
+            f"waits under the alias {CHALLENGER} until serving has shadow-scored {cfg.min_shadow_requests} requests "
+            "with it" + (f", decisions agreeing on at least {bar:.1%} of their rows" if bar is not None else "")
+        )
+        return Decision(promote=False, reasons=reasons, pending=True)
     return Decision(promote=ok, reasons=reasons)
 
 
@@ -223,6 +292,7 @@ def model_card(
     features: dict[str, list[str]],
     label_rule: str,
     dataset: DatasetConfig,
+    params_diff: Any = None,
 ) -> str:
     """A Markdown model card: lineage, metrics overall and by slice, the gate's decision, use and limits.
 
@@ -238,6 +308,7 @@ def model_card(
         features: numeric and categorical feature names.
         label_rule: the label rule in words (``arr_delay gt 15, missing counts as positive``).
         dataset: the data set's own description of itself.
+        params_diff: its params against the champion's (:class:`pipelines.params_diff.ParamsDiff`), or None.
 
     Returns:
         The card's Markdown.
@@ -285,6 +356,18 @@ def model_card(
             lines.append(
                 f"| {sname} | {value} | {int(m['rows'])} | {m['auc']:.4f} | {f'{champ:.4f}' if champ else '-'} |"
             )
+    lines += ["", "## Parameters against the champion"]
+    if params_diff is None:
+        lines.append("Not recorded (the run's effective params were not given to the register step).")
+    else:
+        lines.append(f"{params_diff.summary()}.")
+        if params_diff.changed:
+            lines += ["", "| parameter | champion | this version |", "|---|---|---|"]
+            lines += [f"| {k} | `{old}` | `{new}` |" for k, (old, new) in list(params_diff.changed.items())[:40]]
+        lines.append(
+            "\nThe full parameters and the diff are logged with the run as `model_spec/v"
+            f"{version}/params.yaml` and `params_diff.json`."
+        )
     lines += ["", "## Promotion decision", f"**{decision.summary}**", ""]
     lines += [f"- {r}" for r in decision.reasons]
     lines.append("")

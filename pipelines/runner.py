@@ -92,12 +92,18 @@ class RunContext:
     overrides: dict[str, Any] = field(default_factory=dict)
     settings: Settings = field(default_factory=resolve)
     force_reason: str | None = None  # a manual run's stated reason to promote whatever the gate says
+    user: str | None = None  # who triggered the run (Airflow's triggering user), recorded with a forced promotion
 
     @classmethod
     def from_trigger(
-        cls, dag_id: str, run_id: str, run_day: dt.date, trigger_params: dict[str, Any] | None = None
+        cls,
+        dag_id: str,
+        run_id: str,
+        run_day: dt.date,
+        trigger_params: dict[str, Any] | None = None,
+        user: str | None = None,
     ) -> RunContext:
-        """Build from a DAG run: trigger-form values become params.yaml overrides."""
+        """Build from a DAG run: trigger-form values become params.yaml overrides; ``user`` triggered it."""
         trigger_params = trigger_params or {}
         overrides = {PARAM_OVERRIDES[k]: v for k, v in trigger_params.items() if k in PARAM_OVERRIDES and v is not None}
         return cls(
@@ -106,6 +112,7 @@ class RunContext:
             run_day=run_day,
             overrides=overrides,
             force_reason=force_reason(trigger_params),
+            user=user,
         )
 
     @cached_property
@@ -316,13 +323,19 @@ def run_register(
     versioned: dict[str, Any] | None = None,
     validated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register the challenger and run the promotion gate, with the warnings of the run's validation."""
+    """Register the challenger and run the promotion gate, with the warnings of the run's validation.
+
+    First a challenger waiting in shadow from an earlier night is promoted or kept waiting
+    (:func:`run_promote_challenger`); its outcome is in the result as ``pending_challenger``.
+    """
+    from pipelines.promotion import acting_user
     from pipelines.steps.register import dataset_lineage, register
 
+    pending = run_promote_challenger(ctx)
     lineage = {"dag_id": ctx.dag_id, "run_id": ctx.run_id, "run_day": ctx.run_day.isoformat()}
     lineage.update(dataset_lineage(versioned, ctx.settings.dvc_repo))
     params = ctx.params
-    return register(
+    registered = register(
         params.dataset,
         params.train,
         params.predict,
@@ -337,6 +350,35 @@ def run_register(
         log_dir=ctx.settings.home,
         force_reason=ctx.force_reason,
         data_warnings=validated.get("warnings", []) if validated is not None else None,
+        effective_params=params.model_dump(mode="json", by_alias=True),
+        run_day=ctx.run_day,
+        raw_dir=ctx.settings.raw_dir,
+        max_rows_per_day=params.validation.rows_per_day[1],
+        forced_by=acting_user(ctx.user) if ctx.force_reason else None,
+    )
+    return {**registered, "pending_challenger": pending}
+
+
+@in_step_worker
+def run_promote_challenger(ctx: RunContext, force_reason: str | None = None, user: str | None = None) -> dict[str, Any]:
+    """Promote the challenger waiting in shadow when the served log allows it, else keep it waiting (logged).
+
+    See :func:`pipelines.shadow.promote_challenger`; ``force_reason`` promotes it whatever the log says.
+    """
+    import mlflow
+
+    from pipelines.serving.served_log import served_dir
+    from pipelines.shadow import promote_challenger
+
+    client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
+    return promote_challenger(
+        client,
+        ctx.params.registration,
+        served_dir(ctx.settings.data_dir),
+        ctx.settings.home,
+        force_reason=force_reason,
+        user=user or ctx.user,
+        run=f"{ctx.dag_id}/{ctx.run_id}",
     )
 
 
@@ -638,9 +680,11 @@ def _record_trigger(ctx: RunContext, trigger_params: dict[str, Any]) -> dict[str
 
 @in_step_worker
 def run_alert_promotion(ctx: RunContext, registered: dict[str, Any]) -> dict[str, Any]:
-    """Alert ``promotion_refused`` when the registered version did not become champion."""
+    """Alert ``promotion_refused`` when the registered version did not become champion (nor waits in shadow)."""
     from pipelines import alerts
 
+    if registered.get("pending_shadow"):  # passed the gate: not a refusal
+        return {"alerted": False}
     alert = alerts.promotion_refused_alert(registered, dag_id=ctx.dag_id, run_id=ctx.run_id)
     if alert is None:
         return {"alerted": False}

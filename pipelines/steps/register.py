@@ -6,10 +6,18 @@ run forces it, with a reason); the decision, its reasons and a model card are
 recorded on the version, and the move in the promotion log. The previous
 champion stays registered: ``python -m pipelines rollback`` restores it.
 Aliases, never stages.
+
+Before the gate decides, the batch canary (:mod:`pipelines.canary`, with
+``register.canary.min_agreement``) scores the next day's rows with the new version
+beside the champion. With ``register.min_shadow_requests`` > 0 a passing version
+waits under ``challenger`` (only passing versions take it then) and
+:mod:`pipelines.shadow` promotes it later. Every version's effective params and their
+diff against the champion's are logged beside it (:mod:`pipelines.params_diff`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -17,9 +25,12 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.canary import run_canary
 from pipelines.config import DatasetConfig, MonitorConfig, PredictConfig, RegisterConfig, TrainConfig
+from pipelines.params_diff import record_params
 from pipelines.promotion import CHALLENGER, CHAMPION, alias_version, model_card, promotion_decision, record_move
 from pipelines.settings import REPO_ROOT
+from pipelines.shadow import PENDING_TAG, SHADOW_SINCE_TAG
 from pipelines.steps.preprocess import load_manifest
 from pipelines.tracking import Tracking, code_revision, get_or_create_run, use_tracking
 
@@ -105,8 +116,14 @@ def register(
     log_dir: Path,
     force_reason: str | None = None,
     data_warnings: list[str] | None = None,
+    *,
+    effective_params: dict[str, Any] | None = None,
+    run_day: dt.date | None = None,
+    raw_dir: Path | None = None,
+    max_rows_per_day: int | None = None,
+    forced_by: str | None = None,
 ) -> dict[str, Any]:
-    """Log the pyfunc model in the pipeline run, register a version, run the promotion gate.
+    """Log the pyfunc model in the pipeline run, register a version, run the canary and the promotion gate.
 
     Args:
         dataset: the feature spec and label rule (the model's spec, signature and card).
@@ -124,9 +141,16 @@ def register(
         force_reason: promote whatever the gate says, for this stated reason.
         data_warnings: the warnings of the run's validation (its ``warnings``): with any, the gate
             refuses automatic promotion; None when the run did not validate.
+        effective_params: the run's whole params (overrides applied), logged and diffed against the
+            champion's; None: only ``train`` is known (recorded as ``params.*`` tags, as always).
+        run_day: the run's data day: the canary scores the day after it.
+        raw_dir: the published partitions: the canary's fallback day.
+        max_rows_per_day: the most rows the canary's fetched day may hold (``validate.rows_per_day``).
+        forced_by: who forces the promotion (with ``force_reason``).
 
     Returns:
-        Model name, version, URI, aliases, and why the champion alias moved or not.
+        Model name, version, URI, aliases, why the champion alias moved or not, the canary's
+        figures, whether the version waits in shadow, and its params diff.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -198,21 +222,60 @@ def register(
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
 
-    decision = promotion_decision(full, cfg, force_reason, data_warnings)
     previous = alias_version(client, name, CHAMPION)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    aliases = [CHALLENGER]
+    params_diff = None
+    if effective_params is not None:
+        params_diff = record_params(
+            client, run_id, name, version, effective_params, previous, tracking.tracking_uri, work_dir
+        )
+    canary = None
+    if cfg.canary.min_agreement is not None:
+        canary = run_canary(
+            dataset,
+            cfg.canary,
+            predict_cfg,
+            name,
+            version,
+            previous,
+            float(full.get("threshold", 0.5)),
+            run_day,
+            raw_dir,
+            tracking.tracking_uri,
+            max_rows_per_day,
+        )
+        for k, v in canary.tags().items():
+            client.set_model_version_tag(name, version, k, v)
+
+    decision = promotion_decision(full, cfg, force_reason, data_warnings, canary, forced_by)
+    shadow_mode = cfg.min_shadow_requests > 0
+    aliases = []
+    # In shadow mode the alias challenger means "passed, waiting": a refused version leaves it alone.
+    if decision.promote or decision.pending or not shadow_mode:
+        _supersede_pending(client, name, version)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        aliases.append(CHALLENGER)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         aliases.append(CHAMPION)
+    if decision.pending:
+        client.set_model_version_tag(name, version, PENDING_TAG, "shadow")
+        client.set_model_version_tag(name, version, SHADOW_SINCE_TAG, dt.datetime.now(dt.UTC).isoformat())
     client.set_model_version_tag(name, version, "promotion.decision", decision.summary[:5000])
     client.set_model_version_tag(name, version, "promotion.previous_champion", previous or "none")
     client.set_model_version_tag(name, version, "promotion.forced", str(decision.forced).lower())
+    if decision.forced:
+        client.set_model_version_tag(name, version, "promotion.forced_by", decision.forced_by or "unknown")
+    if decision.pending:
+        action = "shadow"
+    elif decision.promote:
+        action = "force-promote" if decision.forced else "promote"
+    else:
+        action = "refuse"
     record_move(
         client,
         name,
         version,
-        action=("force-promote" if decision.forced else "promote") if decision.promote else "refuse",
+        action=action,
         previous=previous,
         reason=decision.summary,
         run=f"{lineage.get('dag_id', '')}/{lineage.get('run_id', '')}",
@@ -231,6 +294,7 @@ def register(
             f"{dataset.label.source_column} {dataset.label.operator} {dataset.label.threshold:g}, "
             f"missing counts as {dataset.label.missing}",
             dataset,
+            params_diff,
         ),
         encoding="utf-8",
     )
@@ -245,8 +309,22 @@ def register(
         "model_uri": f"models:/{name}/{version}",
         "aliases": aliases,
         "promoted": decision.promote,
+        "pending_shadow": decision.pending,
         "decision": decision.summary,
         "previous_champion": previous,
+        "forced_by": decision.forced_by,
+        "canary": canary.as_dict() if canary is not None else None,
+        "params_diff": params_diff.summary() if params_diff is not None else None,
         "mlflow_run_id": run_id,
         "model_card": str(card),
     }
+
+
+def _supersede_pending(client: Any, name: str, version: str) -> None:
+    """The version waiting in shadow, if another, loses the alias challenger to ``version``: say so on it."""
+    waiting = alias_version(client, name, CHALLENGER)
+    if waiting is None or waiting == version:
+        return
+    if client.get_model_version(name, waiting).tags.get(PENDING_TAG) == "shadow":
+        client.set_model_version_tag(name, waiting, PENDING_TAG, f"superseded by v{version}")
+        log.info("v%s was waiting in shadow: superseded by v%s, which now holds the alias challenger", waiting, version)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
+from pipelines.canary import Canary, compare_scores
 from pipelines.config import RegisterConfig
-from pipelines.promotion import promotion_decision
+from pipelines.promotion import acting_user, promotion_decision
 
 CFG = RegisterConfig(champion_min_auc=0.6, max_auc_drop=0.005, max_slice_auc_drop=0.03)
 
@@ -146,3 +148,112 @@ def test_no_warnings_or_no_validation_leaves_the_gate_as_it_was(warnings: list[s
     decision = promotion_decision(_evaluation(0.72, champion=0.70), CFG, data_warnings=warnings)
     assert decision.promote
     assert not any("warning" in r for r in decision.reasons)
+
+
+# --------------------------------------------------------------------------- batch canary
+
+
+def _canary(agreement: float, rows: int = 900) -> Canary:
+    return Canary(
+        ran=True,
+        day="2013-06-29",
+        source="next day",
+        rows=rows,
+        agreement=agreement,
+        mean_abs_diff=0.0123,
+        threshold=0.5,
+        champion_version="3",
+        challenger_version="4",
+    )
+
+
+CANARY = RegisterConfig(canary={"min_agreement": 0.95})
+
+
+def test_the_canary_is_off_by_default_and_says_nothing() -> None:
+    assert RegisterConfig().canary.min_agreement is None
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CFG, canary=_canary(0.10))
+    assert decision.promote
+    assert not any("canary" in r for r in decision.reasons)
+
+
+def test_a_canary_below_the_agreement_bar_refuses_and_names_its_figures() -> None:
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CANARY, canary=_canary(0.9123))
+    assert not decision.promote
+    assert "canary on 2013-06-29" in decision.summary
+    assert "91.23% of 900 rows" in decision.summary and "champion v3" in decision.summary
+    assert "mean absolute score difference 0.0123" in decision.summary
+    assert "below the required 95.0%" in decision.summary
+
+
+def test_a_canary_at_the_bar_passes_with_its_figures_recorded() -> None:
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CANARY, canary=_canary(0.95))
+    assert decision.promote
+    assert any(r.startswith("canary on 2013-06-29") and "(>= 95.0%)" in r for r in decision.reasons)
+
+
+def test_the_canary_is_not_applicable_without_a_champion() -> None:
+    decision = promotion_decision(_evaluation(0.70, baseline=0.65), CANARY, canary=None)
+    assert decision.promote
+    assert "canary not applicable: no champion to compare with" in decision.summary
+
+
+def test_a_required_canary_that_could_not_run_refuses() -> None:
+    failed = Canary(ran=False, note="canary: no day after 2013-12-31 in the source, and no collected day ...")
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CANARY, canary=failed)
+    assert not decision.promote
+    assert "canary could not compare the models (canary: no day after 2013-12-31" in decision.summary
+
+
+def test_a_canary_with_nothing_to_compare_is_not_applicable_rather_than_failed() -> None:
+    same = Canary(ran=False, applicable=False, note="v3 is the champion")
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), CANARY, canary=same)
+    assert decision.promote
+    assert "canary not applicable: v3 is the champion" in decision.summary
+
+
+def test_compare_scores_agreement_and_mean_absolute_difference() -> None:
+    agreement, diff = compare_scores(np.array([0.1, 0.6, 0.5, 0.9]), np.array([0.2, 0.4, 0.5, 0.7]), 0.5)
+    assert agreement == pytest.approx(0.75)  # 0.6 vs 0.4 disagree; 0.5 vs 0.5 both at the threshold agree
+    assert diff == pytest.approx((0.1 + 0.2 + 0.0 + 0.2) / 4)
+    with pytest.raises(ValueError, match="one non-zero length"):
+        compare_scores(np.array([0.1]), np.array([0.1, 0.2]), 0.5)
+
+
+# --------------------------------------------------------------------------- shadow period and who forced
+
+SHADOW = RegisterConfig(min_shadow_requests=500, canary={"min_agreement": 0.95})
+
+
+def test_a_passing_challenger_waits_in_shadow_when_the_period_is_on() -> None:
+    decision = promotion_decision(_evaluation(0.72, champion=0.70), SHADOW, canary=_canary(0.97))
+    assert decision.pending and not decision.promote
+    assert decision.summary.startswith("passed the gate, waits in shadow: ")
+    assert "shadow-scored 500 requests" in decision.summary and "at least 95.0%" in decision.summary
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "canary", "force", "promote"),
+    [
+        (_evaluation(0.70, baseline=0.65), None, None, True),  # first model: nothing to shadow beside
+        (_evaluation(0.60, champion=0.70), _canary(0.97), None, False),  # refused: nothing to wait for
+        (_evaluation(0.60, champion=0.70), _canary(0.50), "hotfix for incident 7", True),  # forced: at once
+    ],
+)
+def test_first_refused_and_forced_models_skip_the_shadow_period(evaluation, canary, force, promote) -> None:
+    decision = promotion_decision(evaluation, SHADOW, force_reason=force, canary=canary)
+    assert not decision.pending and decision.promote is promote
+
+
+def test_a_forced_promotion_names_who_forced_it() -> None:
+    decision = promotion_decision(
+        _evaluation(0.55, champion=0.70), CFG, force_reason="incident 42: hotfix model", forced_by="alice"
+    )
+    assert decision.forced_by == "alice"
+    assert decision.reasons[0] == "forced by alice: incident 42: hotfix model"
+
+
+def test_the_acting_user_is_the_given_one_else_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_USER", "oncall-bob")
+    assert acting_user("alice") == "alice"
+    assert acting_user(None) == "oncall-bob"
