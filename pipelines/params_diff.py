@@ -108,29 +108,29 @@ def champion_params_diff(
 ) -> ParamsDiff:
     """Diff ``effective`` (this version's params, nested) against the champion's own.
 
-    Raises:
-        StepError: the champion's params artifact is named on it but cannot be read.
+    From the champion's ``params.yaml`` artifact; without one, or when it cannot be read (the
+    summary then says why), from its MLflow run's ``train`` and ``preprocess`` params.
     """
     import yaml
-
-    from pipelines.errors import StepError
 
     if champion is None:
         return ParamsDiff(champion_version=None, source="first version")
     mv = client.get_model_version(name, champion)
     uri = mv.tags.get(PARAMS_URI_TAG)
+    fallback = "its MLflow run's train and preprocess params"
     if uri:
         import mlflow
 
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
             theirs = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
-        except Exception as err:  # a champion whose spec cannot be read must not pass unreviewed
-            raise StepError(f"champion v{champion}'s params ({uri}) cannot be read: {err}") from None
-        return diff_params(flatten(theirs), flatten(effective), champion, f"its {PARAMS_FILE}")
+            return diff_params(flatten(theirs), flatten(effective), champion, f"its {PARAMS_FILE}")
+        except Exception as err:  # the run's params still say what matters most; the summary says why
+            log.warning("champion v%s's params (%s) cannot be read: %s; comparing its run's params", champion, uri, err)
+            fallback = f"{fallback}: its {PARAMS_FILE} could not be read ({type(err).__name__})"
     run = client.get_run(mv.run_id) if mv.run_id else None
     logged = {k: v for k, v in (run.data.params if run else {}).items() if k.split(".")[0] in _RUN_PARAM_SECTIONS}
-    return diff_params(logged, _run_param_form(effective), champion, "its MLflow run's train and preprocess params")
+    return diff_params(logged, _run_param_form(effective), champion, fallback)
 
 
 def record_params(
