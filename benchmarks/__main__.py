@@ -9,11 +9,12 @@ Runs each benchmark in turn, each printing its table and writing it to
     input_pipeline  tf.data against training consumption and an in-memory baseline, at 1x and 10x
     throughput      batch scoring (production path vs one whole frame), validation and drift per million rows
     serving         the online service against mlflow models serve: latency at fixed rates, batches, swaps, memory
+    staleness       AUC by model age: models of weekly nights scored 1-60 days on, against a fresh model
 
 ``--only e2e,throughput`` runs a subset. On a quiet 2-core machine (2026-11-30) e2e's warm and cli
 modes (its default) took about 4 minutes a repeat (two nights each; ``--modes base,...`` adds the old code's),
-``scaling --scales 1,4,16`` 7.5, input_pipeline 5, throughput about 3 and serving about 6. Nothing here is a test and
-CI times nothing.
+``scaling --scales 1,4,16`` 7.5, input_pipeline 5, throughput about 3 and serving about 6; staleness took 6.5 on a
+busy one. Nothing here is a test and CI times nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import importlib
 import sys
 import time
 
-SUITE = ("main_command", "e2e", "scaling", "input_pipeline", "throughput", "serving")
+SUITE = ("main_command", "e2e", "scaling", "input_pipeline", "throughput", "serving", "staleness")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,3 +171,25 @@ def test_a_study_resumes_with_its_finished_trials(params: Params, processed: Pat
 def test_no_dataset_is_a_clear_error(params: Params, tmp_path: Path) -> None:
     with pytest.raises(StepError, match="no preprocessed dataset in .*manifest.json missing"):
         _run(params, tmp_path / "nothing", tmp_path / "out", _tracking(tmp_path, "test/none"))
+
+
+def test_cli_runs_a_study_and_the_same_data_and_params_resume_it(
+    processed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m pipelines tune``: one trial (the current values), then the same command again trains nothing."""
+    import json
+
+    from pipelines.__main__ import main
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    argv = ["tune", "--processed", str(processed), "--set", "preprocess.rows_per_record=256"]
+    argv += ["--set", "tune.n_trials=1", "--set", "tune.epochs=1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    first = json.loads(out[: out.index("\nproposal (")])
+    assert first["trials"]["complete"] == 1 and first["best_trial"] == 0
+    assert "the current train values remain best on validation: nothing to change" in out
+    assert Path(first["proposal_path"]).is_relative_to(tmp_path / "home" / "runs" / "cli")
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out.split("\nproposal (")[0])
+    assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["trials"]["complete"] == 1
