@@ -348,8 +348,8 @@ def served_traffic_step(
         "online",
         {"rows": online.rows, **online.current, **{f"holdout.{k}": v for k, v in online.holdout.items()}},
     )
-    for part in (drift, shadow, online):
-        log.info("%s", part.summary())
+    for line in (_drift_summary(drift), shadow.summary(), online.summary()):
+        log.info("served traffic: %s", line)
     result: dict[str, Any] = {
         "status": "ok",
         "rows": len(served),

@@ -69,6 +69,10 @@ def test_monitor_command_runs_the_checks_and_writes_the_reports(champion, capsys
     assert out.splitlines()[0] == f"monitored {MONITORED.isoformat()} with flight_delay v{version}"
     for check in ("data drift:", "prediction drift", "performance"):
         assert check in out
+    # Beside them: served traffic (none here), the champion's age (a day), compute (no step worker here).
+    assert "served traffic: no served traffic in 2013-03-13..2013-03-15" in out
+    assert "model age: flight_delay v" in out and "1 days before 2013-03-15" in out
+    assert "compute: insufficient history" in out
     assert "decision: " in out
     reports = champion["settings"].run_dir("cli", "m1") / "monitor"
     assert f"reports: {reports}" in out
