@@ -38,7 +38,14 @@ log = logging.getLogger(__name__)
 WEBHOOK_ENV = "MLOPS_ALERT_WEBHOOK_URL"
 ALERTS_FILE = Path("alerts") / "alerts.jsonl"
 
-Event = Literal["run_failed", "retraining_triggered", "promotion_refused", "serving_model_rejected"]
+Event = Literal[
+    "run_failed",
+    "retraining_triggered",
+    "promotion_refused",
+    "serving_model_rejected",
+    "model_stale",  # the champion's data is older than monitor.max_model_age_days
+    "compute_regression",  # a step slower or larger than its median over earlier runs
+]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ Unset or ``off``, every step runs in the task's own process.
 The socket (``MLOPS_STEP_WORKER_SOCKET``, default
 ``$MLOPS_HOME/worker/worker.sock``) is created mode 0600 in a 0700 folder:
 only the user running the pipeline can hand it work. Each step's time and
-peak memory go to ``$MLOPS_HOME/worker/steps.jsonl``.
+peak memory go to ``$MLOPS_HOME/worker/steps.jsonl`` and to its pipeline run's MLflow run.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ PRELOAD = (
     "pipelines.monitoring.reference",
     "pipelines.steps.register",
     "pipelines.monitoring.checks",
+    "pipelines.monitoring.compute",  # every step logs its figures with it
     "pipelines.steps.monitor",
     "pipelines.steps.predict",
     "pipelines.runner",

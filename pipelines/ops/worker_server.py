@@ -4,7 +4,8 @@
 step over, starting a worker) and the design (fork safety, the socket, stale code) are in
 :mod:`pipelines.ops.worker`. Each step's process takes the task's environment and working
 directory, runs the step, streams its log records and output back, answers with the result or
-the exception, and records its time and peak memory in ``steps.jsonl``.
+the exception, and records its time and peak memory in ``steps.jsonl`` and, for a pipeline step, on
+its run's MLflow run (:func:`pipelines.monitoring.compute.log_step_stats`).
 """
 
 from __future__ import annotations
@@ -276,6 +277,7 @@ def _run_step(conn: socket.socket, request: dict) -> None:
     with contextlib.suppress(Exception):
         _record(request, stats, message[0])
     if message[0] == "result":
+        _log_to_run(request, stats)
         message = (*message, stats)
     with contextlib.suppress(Exception):
         logging.shutdown()
@@ -284,6 +286,17 @@ def _run_step(conn: socket.socket, request: dict) -> None:
     except (OSError, pickle.PicklingError) as err:
         with contextlib.suppress(OSError):
             send_message(conn, ("error", None, type(err).__name__, f"could not send the step's result: {err}", ""))
+
+
+def _log_to_run(request: dict, stats: dict) -> None:
+    """The step's figures on its pipeline run's MLflow run, where monitoring compares them across runs."""
+    args = request.get("args") or ()
+    try:
+        from pipelines.monitoring.compute import log_step_stats
+
+        log_step_stats(args[0] if args else None, request.get("step"), stats)
+    except Exception as err:  # bookkeeping must never fail a step that succeeded
+        log.warning("the figures of step %s could not be logged to MLflow: %s", request.get("step"), err)
 
 
 def _record(request: dict, stats: dict, outcome: str) -> None:
