@@ -9,6 +9,7 @@ Runs each benchmark in turn, each printing its table and writing it to
     input_pipeline  tf.data against training consumption and an in-memory baseline, at 1x and 10x
     throughput      batch scoring (production path vs one whole frame), validation and drift per million rows
     serving         the online service against mlflow models serve: latency at fixed rates, batches, swaps, memory
+    feature_cost    each feature group's preprocessing at scoring time: latency per 1,000 rows and memory
     staleness       AUC by model age: models of weekly nights scored 1-60 days on, against a fresh model
 
 ``--only e2e,throughput`` runs a subset. On a quiet 2-core machine (2026-11-30) e2e's warm and cli
@@ -24,7 +25,7 @@ import importlib
 import sys
 import time
 
-SUITE = ("main_command", "e2e", "scaling", "input_pipeline", "throughput", "serving", "staleness")
+SUITE = ("main_command", "e2e", "scaling", "input_pipeline", "throughput", "serving", "feature_cost", "staleness")
 
 
 def main(argv: list[str] | None = None) -> int:
