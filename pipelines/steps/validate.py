@@ -50,9 +50,9 @@ from pipelines.validation.results import (
     counted,
     described,
     merge_into,
-    rows_per_day_outcome,
 )
-from pipelines.validation.suite import row_count_bounds, schema_expectations, value_expectations
+from pipelines.validation.rows import describe_into, row_count, rows_per_day
+from pipelines.validation.suite import schema_expectations, value_expectations
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -114,9 +114,9 @@ def validate_frame(
             break  # a schema failure makes the value checks meaningless
         if phase == "values":
             counted_days = day_rows if day_rows is not None else rows_per_day(frame, spec, n_days, first_day, last_day)
-            per_day = _row_count(counted_days, cfg, reference, n_days)
+            per_day = row_count(counted_days, cfg, reference, n_days)
             outcomes.append(per_day)
-            _describe_into(desc, per_day)
+            describe_into(desc, per_day)
             evaluated += 1
     findings = [o.finding(cfg) for o in outcomes if not o.success]
     result_json = report_dir / "validation.json"
@@ -130,59 +130,6 @@ def validate_frame(
         evaluated=evaluated,
         outcomes=outcomes,
     )
-
-
-# --------------------------------------------------------------------------- rows per day
-
-ALL_DAYS = "all days"  # the row count's key when the frame's days are unknown
-
-
-def rows_per_day(
-    frame: pd.DataFrame, spec: DatasetConfig, n_days: int, first_day: dt.date | None, last_day: dt.date | None
-) -> dict[dt.date | str, int]:
-    """Each day's rows, counted from the time column over the days ``first_day`` to ``last_day``.
-
-    A day of the interval without rows counts 0; rows outside it are the interval rule's to report.
-    One day: every row is its. Without an interval: the whole frame, as ``n_days`` days.
-    """
-    if first_day is None or last_day is None:
-        return {ALL_DAYS: len(frame)}
-    if first_day == last_day:
-        return {first_day: len(frame)}
-    days = [first_day + dt.timedelta(days=i) for i in range((last_day - first_day).days + 1)]
-    stamps = pd.to_datetime(frame[spec.time_column], errors="coerce").dt.normalize()
-    counts = stamps.value_counts()
-    return {d: int(counts.get(pd.Timestamp(d), 0)) for d in days}
-
-
-def _row_count(
-    day_rows: dict[dt.date | str, int], cfg: ValidateConfig, reference: dict[str, Any] | None, n_days: int
-) -> Outcome:
-    """The row-count rule: every day within a day's bounds (a frame of unknown days: ``n_days`` times them)."""
-    lo, hi = row_count_bounds(cfg, reference)
-    if list(day_rows) == [ALL_DAYS]:
-        lo, hi = lo * n_days, hi * n_days
-    return rows_per_day_outcome({str(d): n for d, n in day_rows.items()}, lo, hi)
-
-
-def _describe_into(desc: dict[str, Any], outcome: Outcome) -> None:
-    """Add an outcome counted here to a checkpoint's ``describe_dict``, so ``validation.json`` holds it."""
-    run = (desc.get("validation_results") or [{}])[0]
-    desc["validation_results"] = [run, *desc.get("validation_results", [])[1:]]
-    run.setdefault("expectations", []).append(outcome.as_dict())
-    stats = run.setdefault("statistics", {})
-    stats["evaluated_expectations"] = stats.get("evaluated_expectations", 0) + 1
-    key = "successful_expectations" if outcome.success else "unsuccessful_expectations"
-    stats[key] = stats.get(key, 0) + 1
-    stats["success_percent"] = 100.0 * stats.get("successful_expectations", 0) / stats["evaluated_expectations"]
-    if not outcome.success and run.get("success", True):
-        run["success"] = desc["success"] = False
-        totals = desc.setdefault("statistics", {})
-        totals["successful_validations"] = max(totals.get("successful_validations", 1) - 1, 0)
-        totals["unsuccessful_validations"] = totals.get("unsuccessful_validations", 0) + 1
-        totals["success_percent"] = (
-            100.0 * totals["successful_validations"] / max(totals.get("evaluated_validations", 1), 1)
-        )
 
 
 # --------------------------------------------------------------------------- the step

@@ -6,4 +6,6 @@
   with its data docs;
 * :mod:`~pipelines.validation.results`: each expectation's outcome, how the outcomes of
   groups of days add up to a whole batch's, and the report with its findings.
+* :mod:`~pipelines.validation.rows`: the row-count rule, every day of a batch against the
+  bounds of a day.
 """
