@@ -356,7 +356,10 @@ def model_card(
             lines.append(
                 f"| {sname} | {value} | {int(m['rows'])} | {m['auc']:.4f} | {f'{champ:.4f}' if champ else '-'} |"
             )
-    lines += ["", "## Parameters against the champion"]
+    from pipelines.model.importance import card_lines
+
+    lines += ["", *card_lines(evaluation)]
+    lines += ["## Parameters against the champion"]
     if params_diff is None:
         lines.append("Not recorded (the run's effective params were not given to the register step).")
     else:

@@ -154,6 +154,7 @@ def test_evaluation_has_slices_plots_and_a_model_card(registry) -> None:
         "## Limits",
         "## Data lineage",
         "## Holdout AUC by slice",
+        "## Feature importance",
         "## Promotion decision",
     ):
         assert section in card
