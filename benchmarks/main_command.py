@@ -62,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     res = measure(args.date, args.port)
     table = markdown_table(
-        ["command", "wall", "processes at the peak", "peak PSS, tree (MiB)", "peak summed RSS, tree (MiB)", "largest process (MiB)"],
+        [
+            "command",
+            "wall",
+            "processes at the peak",
+            "peak PSS, tree (MiB)",
+            "peak summed RSS, tree (MiB)",
+            "largest process (MiB)",
+        ],
         [
             [
                 "`make pipeline` (first run, fresh state)",
