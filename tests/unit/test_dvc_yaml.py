@@ -142,5 +142,5 @@ def test_what_a_step_reads_follows_its_code() -> None:
     assert params == {"dataset", "preprocess", "train", "evaluate", "register"}
     # evaluate imports the model's network and tf.data modules inside its function.
     assert {"pipelines/model/network.py", "pipelines/model/tfdata.py", "pipelines/config/training.py"} <= code
-    assert "pipelines/steps/train.py" not in code and "pipelines/runner.py" not in code
+    assert "pipelines/steps/train.py" not in code and "pipelines/runner/training.py" not in code
     assert expected("preprocess")[0] == {"dataset", "preprocess"}
