@@ -224,12 +224,12 @@ def run_register(
 def run_promote_challenger(ctx: RunContext, force_reason: str | None = None, user: str | None = None) -> dict[str, Any]:
     """Promote the challenger waiting in shadow when the served log allows it, else keep it waiting (logged).
 
-    See :func:`pipelines.shadow.promote_challenger`; ``force_reason`` promotes it whatever the log says.
+    See :func:`pipelines.promotion.shadow.promote_challenger`; ``force_reason`` promotes it whatever the log says.
     """
     import mlflow
 
+    from pipelines.promotion.shadow import promote_challenger
     from pipelines.serving.served_log import served_dir
-    from pipelines.shadow import promote_challenger
 
     client = mlflow.MlflowClient(ctx.settings.tracking_uri, ctx.settings.tracking_uri)
     return promote_challenger(

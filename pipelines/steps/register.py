@@ -7,12 +7,12 @@ recorded on the version, and the move in the promotion log. The previous
 champion stays registered: ``python -m pipelines rollback`` restores it.
 Aliases, never stages.
 
-Before the gate decides, the batch canary (:mod:`pipelines.canary`, with
+Before the gate decides, the batch canary (:mod:`pipelines.promotion.canary`, with
 ``register.canary.min_agreement``) scores the next day's rows with the new version
 beside the champion. With ``register.min_shadow_requests`` > 0 a passing version
 waits under ``challenger`` (only passing versions take it then) and
-:mod:`pipelines.shadow` promotes it later. Every version's effective params and their
-diff against the champion's are logged beside it (:mod:`pipelines.params_diff`).
+:mod:`pipelines.promotion.shadow` promotes it later. Every version's effective params and their
+diff against the champion's are logged beside it (:mod:`pipelines.promotion.params_diff`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.canary import run_canary
 from pipelines.config import DatasetConfig, MonitorConfig, PredictConfig, RegisterConfig, TrainConfig
-from pipelines.params_diff import record_params
 from pipelines.promotion import CHALLENGER, CHAMPION, alias_version, model_card, promotion_decision, record_move
+from pipelines.promotion.canary import run_canary
+from pipelines.promotion.params_diff import record_params
+from pipelines.promotion.shadow import PENDING_TAG, SHADOW_SINCE_TAG
 from pipelines.settings import REPO_ROOT
-from pipelines.shadow import PENDING_TAG, SHADOW_SINCE_TAG
 from pipelines.steps.preprocess import load_manifest
 from pipelines.tracking import Tracking, code_revision, get_or_create_run, use_tracking
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_params
-from pipelines.params_diff import PARAMS_URI_TAG, champion_params_diff
+from pipelines.promotion.params_diff import PARAMS_URI_TAG, champion_params_diff
 
 REPO = Path(__file__).resolve().parents[2]
 

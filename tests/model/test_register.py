@@ -269,7 +269,7 @@ def test_the_canary_scores_the_next_day_with_both_models_and_records_the_figures
 
 
 def test_past_the_sources_end_the_canary_scores_the_newest_collected_day(registry) -> None:
-    from pipelines.canary import run_canary
+    from pipelines.promotion.canary import run_canary
     from pipelines.runner import RunContext
 
     ctx = RunContext(dag_id="promo", run_id="c1", run_day=DAY, overrides=BASE)

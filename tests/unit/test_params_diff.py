@@ -1,11 +1,11 @@
-"""A version's params against its champion's (``pipelines.params_diff``): flattening, the diff, its summary."""
+"""A version's params against its champion's (``pipelines.promotion.params_diff``): flattening, the diff, its summary."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipelines.config import load_params
-from pipelines.params_diff import _run_param_form, diff_params, flatten
+from pipelines.promotion.params_diff import _run_param_form, diff_params, flatten
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.canary import Canary, compare_scores
 from pipelines.config import RegisterConfig
 from pipelines.promotion import acting_user, promotion_decision
+from pipelines.promotion.canary import Canary, compare_scores
 
 CFG = RegisterConfig(champion_min_auc=0.6, max_auc_drop=0.005, max_slice_auc_drop=0.03)
 

@@ -1,4 +1,4 @@
-"""The shadow period's reading of the served log (``pipelines.shadow``), on logs the real served log wrote.
+"""The shadow period's reading of the served log (``pipelines.promotion.shadow``), on logs the real served log wrote.
 
 Which rows count (the shadow version's, beside the live champion, on or after the day it started
 waiting), how requests and agreement are counted, and the verdict each figure leads to. The
@@ -14,7 +14,7 @@ import pytest
 from shadow_helpers import write_served
 
 from pipelines.config import RegisterConfig
-from pipelines.shadow import ShadowEvidence, shadow_evidence, shadow_verdict
+from pipelines.promotion.shadow import ShadowEvidence, shadow_evidence, shadow_verdict
 
 DAY = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 

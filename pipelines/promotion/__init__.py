@@ -61,7 +61,7 @@ def canary_reason(canary: Any, cfg: RegisterConfig, has_champion: bool) -> tuple
     """The canary's part of the gate: (passes, its reason); (True, None) when the canary is off.
 
     Args:
-        canary: a :class:`pipelines.canary.Canary` (its ``ran``, ``applicable``, ``note`` and figures),
+        canary: a :class:`pipelines.promotion.canary.Canary` (its ``ran``, ``applicable``, ``note`` and figures),
             or None when it did not run.
         cfg: ``register.canary.min_agreement`` is the bar.
         has_champion: whether the evaluation had a champion; without one and without a canary,
@@ -118,7 +118,7 @@ def promotion_decision(
         force_reason: a person's stated reason to promote whatever the rules say.
         data_warnings: the warnings of the run's validation (one line each); None when unknown
             (a run outside the DAG that did not validate).
-        canary: the batch canary's figures (:class:`pipelines.canary.Canary`), None when it did not run.
+        canary: the batch canary's figures (:class:`pipelines.promotion.canary.Canary`), None when it did not run.
         forced_by: who forces the promotion (recorded with the reason).
 
     Returns:
@@ -308,7 +308,7 @@ def model_card(
         features: numeric and categorical feature names.
         label_rule: the label rule in words (``arr_delay gt 15, missing counts as positive``).
         dataset: the data set's own description of itself.
-        params_diff: its params against the champion's (:class:`pipelines.params_diff.ParamsDiff`), or None.
+        params_diff: its params against the champion's (:class:`pipelines.promotion.params_diff.ParamsDiff`), or None.
 
     Returns:
         The card's Markdown.
