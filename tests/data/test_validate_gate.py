@@ -260,6 +260,12 @@ def test_bad_batch_through_the_dag_stops_everything_downstream(feed, flights_day
         }
     ]
     assert not settings.raw_dir.exists() or not any(settings.raw_dir.iterdir())
+    # The source changed under us: someone is told, naming the task and what it found.
+    from pipelines.alerts import read_alerts
+
+    alerts = [a for a in read_alerts(settings.home) if a["run_id"] == dag_run.run_id]
+    assert [(a["event"], a["details"]["task_id"]) for a in alerts] == [("run_failed", "validate")]
+    assert "distance" in alerts[0]["summary"], alerts[0]["summary"]
 
 
 def test_release_a_quarantined_batch_after_a_fix(feed, flights_day) -> None:

@@ -44,3 +44,13 @@ def test_paths_named_in_backticks_exist(page: Path) -> None:
     named = re.findall(r"`((?:pipelines|dags|plugins|tests|benchmarks|docker|docs)/[\w./-]*)`", page.read_text())
     missing = [path for path in named if not (REPO / path.rstrip("/")).exists()]
     assert not missing, f"{page.relative_to(REPO)} names files that do not exist: {missing}"
+
+
+def test_the_readme_ml_test_score_names_tests_that_exist() -> None:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Production readiness") :]
+    section = section[: section.index("\n## ", 1)]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", section)
+    assert len(named) >= 28, f"the ML Test Score table names {len(named)} tests"
+    missing = [f"{path}::{name}" for path, name in named if f"def {name}(" not in (REPO / path).read_text()]
+    assert not missing, f"README names tests that do not exist: {missing}"
