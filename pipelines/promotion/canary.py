@@ -131,18 +131,12 @@ def score_version(model_name: str, version: str, frame: pd.DataFrame, batch_rows
     """A registered version's probabilities for ``frame``, the way ``batch_predict`` computes them."""
     import mlflow
 
-    from pipelines.model.pyfunc import PROBABILITY
-    from pipelines.steps.predict import as_signature
+    from pipelines.steps.predict import score_rows
     from pipelines.tracking import use_tracking
 
     with use_tracking(tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    inputs = as_signature(frame, model.metadata.get_input_schema())
-    scores = [
-        model.predict(inputs.iloc[lo : lo + batch_rows])[PROBABILITY].to_numpy()
-        for lo in range(0, len(inputs), batch_rows)
-    ]
-    return np.concatenate(scores).astype(np.float64)
+    return score_rows(model, frame, batch_rows).astype(np.float64)
 
 
 def run_canary(

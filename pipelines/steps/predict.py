@@ -92,7 +92,6 @@ def batch_predict(
     """
     import mlflow
 
-    from pipelines.model.pyfunc import PROBABILITY
     from pipelines.steps.validate import ValidationFailed, log_report, validate_frame
 
     spec = dataset
@@ -134,12 +133,8 @@ def batch_predict(
     else:
         with use_tracking(tracking_uri):
             model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        inputs = as_signature(frame[list(spec.features.all)], model.metadata.get_input_schema())
-        scores = [
-            model.predict(inputs.iloc[lo : lo + cfg.batch_rows])[PROBABILITY].to_numpy()
-            for lo in range(0, len(inputs), cfg.batch_rows)
-        ]
-    proba = pd.Series(np.concatenate(scores) if scores else [], dtype="float32", index=frame.index)
+        scores = score_rows(model, frame[list(spec.features.all)], cfg.batch_rows)
+    proba = pd.Series(scores, dtype="float32", index=frame.index)
     out = frame[list(dict.fromkeys([*spec.key_columns, spec.time_column]))].copy()
     if not spec.key_columns:  # no natural key: monitoring joins the labels on this id
         out.insert(0, ROW_ID, row_ids(frame, spec))
@@ -171,6 +166,21 @@ def batch_predict(
         "input_fingerprint": fingerprint,
         "input_warnings": [f.line() for f in report.warnings],
     }
+
+
+def score_rows(model: Any, frame: pd.DataFrame, batch_rows: int) -> np.ndarray:
+    """A loaded registered model's probabilities for raw rows, ``batch_rows`` at a time.
+
+    The one scoring path of batch scoring and the promotion canary.
+    """
+    from pipelines.model.pyfunc import PROBABILITY
+
+    inputs = as_signature(frame, model.metadata.get_input_schema())
+    scores = [
+        model.predict(inputs.iloc[lo : lo + batch_rows])[PROBABILITY].to_numpy()
+        for lo in range(0, len(inputs), batch_rows)
+    ]
+    return np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
 
 
 def as_signature(frame: pd.DataFrame, schema: Any) -> pd.DataFrame:
