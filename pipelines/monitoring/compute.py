@@ -15,10 +15,11 @@ Fewer than ``min_runs`` earlier runs is "insufficient history": reported, never 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,47 @@ def step_metrics(step: str, stats: Mapping[str, float]) -> dict[str, float]:
         f"{PREFIX}{step}.cpu_seconds": float(stats["cpu_seconds"]),
         f"{PREFIX}{step}.peak_memory_mib": float(stats["peak_rss"]) / 2**20,
     }
+
+
+@contextlib.contextmanager
+def measured(ctx: Any, step: str) -> Iterator[None]:
+    """Measure a step run in this process and log its figures as the step worker logs its own.
+
+    Wall and CPU seconds are this process's across the step; the peak is the process's peak
+    resident memory since the step began (Linux resets it through ``/proc/self/clear_refs``;
+    elsewhere it is the process's peak so far). Logged only when the step succeeds, and a
+    failure to log never fails the step.
+    """
+    import resource
+    import time
+
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident memory
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    yield
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    stats = {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "peak_rss": _peak_rss(),
+    }
+    try:
+        log_step_stats(ctx, step, stats)
+    except Exception as err:  # bookkeeping must never fail a step that succeeded
+        log.warning("the figures of step %s could not be logged to MLflow: %s", step, err)
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (``VmHWM``; ``ru_maxrss`` where /proc has none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def step_tracking(ctx: Any, step: str) -> Tracking:

@@ -142,6 +142,11 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     return mode == "warm" and not _IN_STEP and ENV_IN_STEP not in env
 
 
+def in_step_process() -> bool:
+    """Whether this is a step's own process in the worker (which measures and logs the step itself)."""
+    return _IN_STEP or ENV_IN_STEP in os.environ
+
+
 def enter_step_process() -> None:
     """Mark this process as a step's own (the worker's fork): steps here run in place, never handed on."""
     global _IN_STEP

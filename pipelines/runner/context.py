@@ -128,7 +128,8 @@ class RunContext:
 def in_step_worker(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """Run the step in the warm step worker when ``MLOPS_STEP_WORKER=warm`` (see :mod:`pipelines.ops.worker`).
 
-    Otherwise, and always inside the worker's own step processes, the step runs here.
+    Otherwise, and always inside the worker's own step processes, the step runs here; here, outside
+    the worker, its time, CPU time and peak memory go to its run's MLflow run as the worker's do.
     Either way the caller gets the step's result or its exception, class and message
     intact (a :class:`~pipelines.errors.StepError` stays one, for :func:`~pipelines.errors.fail_fast`).
     """
@@ -139,6 +140,11 @@ def in_step_worker(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str,
 
         if worker.enabled():
             return worker.call(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
+        if worker.in_step_process():
+            return fn(*args, **kwargs)  # the worker measures and logs the steps it runs
+        from pipelines.monitoring.compute import measured
+
+        with measured(args[0] if args else None, fn.__name__.lstrip("_").removeprefix("run_")):
+            return fn(*args, **kwargs)
 
     return step

@@ -225,3 +225,23 @@ def test_the_step_worker_logs_every_steps_figures_on_its_run(warm) -> None:
     (monitoring,) = _runs(watch, "flight_delay_monitoring")
     assert monitoring.data.metrics["step.check_published.seconds"] > 0
     assert "step.check_published.seconds" not in figures
+
+
+def test_steps_run_in_place_log_the_same_figures(home, monkeypatch) -> None:
+    """Without the step worker (a Celery worker, dag.test(), the CLI) each step measures itself."""
+    from pipelines.ops import worker
+    from pipelines.runner import run_check_published, run_should_train
+
+    monkeypatch.delenv(worker.ENV_MODE, raising=False)
+    night = _ctx("flights_training", "manual__in_place", NIGHTS[0], **{"train.retrain": "on_demand"})
+    assert run_should_train(night, {})["train"]
+    watch = _ctx("flights_monitoring", "m_in_place", NIGHTS[0])
+    run_check_published(watch)
+
+    (training,) = _runs(night, "flight_delay")
+    figures = training.data.metrics
+    assert figures["step.should_train_with_registry.seconds"] > 0
+    assert figures["step.should_train_with_registry.cpu_seconds"] >= 0
+    assert figures["step.should_train_with_registry.peak_memory_mib"] > 50
+    (monitoring,) = _runs(watch, "flight_delay_monitoring")
+    assert monitoring.data.metrics["step.check_published.seconds"] > 0
