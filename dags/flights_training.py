@@ -89,11 +89,10 @@ def _run_context():
 
 def _train_placement() -> dict:
     """Queue and pool of the train task, from params.yaml (light: YAML and pydantic only)."""
-    from pipelines.config import load_params
+    from pipelines.runner import train_placement
     from pipelines.settings import resolve
 
-    train = load_params(resolve().params_path).train
-    return {"queue": train.queue, "pool": train.pool, "pool_slots": train.pool_slots}
+    return train_placement(resolve().params_path)
 
 
 @dag(

@@ -19,6 +19,7 @@ from pipelines.runner.context import (
     check_trigger_conf,
     force_reason,
     in_step_worker,
+    train_placement,
 )
 from pipelines.runner.monitoring import (
     run_check_compute,
@@ -50,7 +51,6 @@ from pipelines.runner.training import (
 from pipelines.runner.tuning import (
     run_check_tuning_data,
     run_tune,
-    train_placement,
 )
 
 __all__ = [

@@ -148,3 +148,12 @@ def in_step_worker(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str,
             return fn(*args, **kwargs)
 
     return step
+
+
+def train_placement(params_path: Path) -> dict[str, Any]:
+    """The Celery queue, pool and pool slots of a task that trains models (``train.queue``, ...).
+
+    Read when a DAG is parsed: light (YAML and pydantic only).
+    """
+    train = load_params(params_path).train
+    return {"queue": train.queue, "pool": train.pool, "pool_slots": train.pool_slots}

@@ -5,20 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import load_params
 from pipelines.runner.context import (
     RunContext,
     in_step_worker,
 )
-
-
-def train_placement(params_path: Path) -> dict[str, Any]:
-    """The Celery queue, pool and pool slots of a task that trains models (``train.queue``, ...).
-
-    Read when a DAG is parsed: light (YAML and pydantic only).
-    """
-    train = load_params(params_path).train
-    return {"queue": train.queue, "pool": train.pool, "pool_slots": train.pool_slots}
 
 
 def run_check_tuning_data(ctx: RunContext, processed_dir: str | None = None) -> dict[str, Any]:
