@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n")[0])
     p.add_argument("--state", type=Path, help="reuse this state folder (registry with versions 1 and 2)")
     p.add_argument("--seconds", type=float, default=8.0, help="duration of each fixed-rate run")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="only pipelines.serving's latency, ladder and batches, printed (no anchor, swap or report): for iterating",
+    )
     args = p.parse_args(argv)
 
     if args.state:
@@ -389,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         "servers": {},
     }
 
-    for kind in ("ours", "mlflow"):
+    if args.quick:
+        print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
+    for kind in ("ours",) if args.quick else ("ours", "mlflow"):
         server = Server(kind, env, state)
         try:
             out: dict[str, Any] = {"first_answer_s": server.first_answer(rows[0])}
@@ -411,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
             for size in (100, 1000):
                 out[f"batch_{size}_rows_per_s"] = _batches(server, rows, size, 4)
             out["memory_after_load"] = server.memory()
+            if args.quick:
+                print(json.dumps(out, indent=1, default=str), flush=True)
+                print(f"load average at the end: {os.getloadavg()[0]:.1f}", flush=True)
+                return 0
             if kind == "ours":
                 out["swap"] = _swap_summary(asyncio.run(_swap(server, client, singles, 200)))
                 print(f"swap: {out['swap']}", flush=True)

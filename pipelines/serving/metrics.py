@@ -19,7 +19,7 @@ class ServiceMetrics:
         r = self.registry
         self.requests = Counter(
             "serve_requests",
-            "Prediction requests, by outcome (ok, bad_request, unavailable, error) and model version",
+            "Prediction requests, by outcome (ok, bad_request, unavailable, error, non_finite) and model version",
             ["outcome", "model_version"],
             registry=r,
         )

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.serving.metrics import ServiceMetrics
+from pipelines.serving.schema import Rows
 from pipelines.serving.versions import ServedModel
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,14 @@ class Served:
 
     request_id: str
     served_at: dt.datetime  # UTC
-    rows: list[dict[str, Any]]
+    rows: Rows | list[dict[str, Any]]  # columns from the request path; dicts of raw values also do
     probabilities: np.ndarray
     model: ServedModel
+
+
+def _naive_utc(at: dt.datetime) -> dt.datetime:
+    """``at`` in UTC without its zone (a naive time is taken as UTC already)."""
+    return at.astimezone(dt.UTC).replace(tzinfo=None) if at.tzinfo is not None else at
 
 
 class ServedLog:
@@ -61,76 +67,64 @@ class ServedLog:
         """
         self.root = root
         self.columns = tuple(schema)
+        self.kinds = dict(schema)
         self.dtypes = {col: _DTYPES[kind] for col, kind in schema.items()}
         self._pending: list[tuple[Served, ServedModel | None, np.ndarray | None]] = []
         self.buffered = 0
+
+    def rows_of(self, record: Served) -> Rows:
+        """A record's rows as columns."""
+        return record.rows if isinstance(record.rows, Rows) else Rows.from_records(record.rows, self.kinds)
 
     def append(self, record: Served, shadow: ServedModel | None, shadow_probabilities: np.ndarray | None) -> None:
         """Keep one request's rows (cheap: the frame is built when the buffer is written)."""
         self._pending.append((record, shadow, shadow_probabilities))
         self.buffered += len(record.rows)
 
-    def _frame(self) -> pd.DataFrame:
-        rows, meta = (
-            [],
-            {
-                k: []
-                for k in (
-                    "request_id",
-                    "row",
-                    "served_at",
-                    "probability",
-                    "model_version",
-                    "threshold",
-                    "shadow_probability",
-                    "shadow_version",
-                )
-            },
-        )
-        for record, shadow, shadow_scores in self._pending:
-            n = len(record.rows)
-            rows += record.rows
-            meta["request_id"] += [record.request_id] * n
-            meta["row"] += range(n)
-            meta["served_at"] += [record.served_at] * n
-            meta["probability"] += record.probabilities.tolist()
-            meta["model_version"] += [record.model.version] * n
-            meta["threshold"] += [record.model.threshold] * n
-            meta["shadow_probability"] += shadow_scores.tolist() if shadow_scores is not None else [np.nan] * n
-            meta["shadow_version"] += [shadow.version if shadow is not None else None] * n
-        features = pd.DataFrame.from_records(rows, columns=list(self.columns)).astype(self.dtypes)
-        frame = pd.concat(
-            [
-                pd.DataFrame(
-                    {
-                        "request_id": pd.array(meta["request_id"], dtype="string"),
-                        "row": np.asarray(meta["row"], dtype=np.int32),
-                        "served_at": pd.to_datetime(meta["served_at"], utc=True),
-                    }
-                ),
-                features,
-                pd.DataFrame(
-                    {
-                        "probability": np.asarray(meta["probability"], dtype=np.float64),
-                        "model_version": pd.array(meta["model_version"], dtype="string"),
-                        "threshold": np.asarray(meta["threshold"], dtype=np.float64),
-                        "shadow_probability": np.asarray(meta["shadow_probability"], dtype=np.float64),
-                        "shadow_version": pd.array(meta["shadow_version"], dtype="string"),
-                    }
-                ),
-            ],
-            axis=1,
-        )
-        frame.insert(frame.columns.get_loc("model_version"), "delayed", frame["probability"] >= frame["threshold"])
-        return frame
+    def _frame(self, pending: list[tuple[Served, ServedModel | None, np.ndarray | None]]) -> pd.DataFrame:
+        """The rows of ``pending`` as one frame, built a column at a time (per request, not per row)."""
+        counts = np.array([len(record.rows) for record, _, _ in pending])
+
+        def repeat(values: list[Any], dtype: Any = object) -> np.ndarray:
+            return np.repeat(np.array(values, dtype=dtype), counts)
+
+        rows = Rows.concat([self.rows_of(record) for record, _, _ in pending])
+        served_at = [_naive_utc(record.served_at) for record, _, _ in pending]
+        columns: dict[str, Any] = {
+            "request_id": pd.array(repeat([record.request_id for record, _, _ in pending]), dtype="string"),
+            "row": np.concatenate([np.arange(n, dtype=np.int32) for n in counts]),
+            "served_at": pd.DatetimeIndex(repeat(served_at, "datetime64[ns]")).tz_localize(dt.UTC),
+        }
+        columns |= {col: rows.columns[col] for col in self.columns}
+        probability = np.concatenate([record.probabilities for record, _, _ in pending]).astype(np.float64)
+        threshold = repeat([record.model.threshold for record, _, _ in pending], np.float64)
+        columns |= {
+            "probability": probability,
+            "delayed": probability >= threshold,
+            "model_version": pd.array(repeat([record.model.version for record, _, _ in pending]), dtype="string"),
+            "threshold": threshold,
+            "shadow_probability": np.concatenate(
+                [
+                    np.full(len(record.rows), np.nan) if scores is None else np.asarray(scores, dtype=np.float64)
+                    for record, _, scores in pending
+                ]
+            ),
+            "shadow_version": pd.array(
+                repeat([shadow.version if shadow is not None else None for _, shadow, _ in pending]), dtype="string"
+            ),
+        }
+        return pd.DataFrame(columns).astype(self.dtypes)
 
     def flush(self) -> list[Path]:
         """Write what is buffered, one file per day it spans; returns the files written."""
         if not self._pending:
             return []
-        frame = self._frame()
+        days: dict[str, list[tuple[Served, ServedModel | None, np.ndarray | None]]] = {}
+        for item in self._pending:
+            days.setdefault(f"{_naive_utc(item[0].served_at):%Y-%m-%d}", []).append(item)
+        frames = {day: self._frame(days[day]) for day in sorted(days)}
         self._pending, self.buffered = [], 0
-        shadowed = frame[frame["shadow_probability"].notna()]
+        shadowed = pd.concat([frame[frame["shadow_probability"].notna()] for frame in frames.values()])
         if len(shadowed):
             agree = (shadowed["shadow_probability"] >= shadowed["threshold"]) == shadowed["delayed"]
             log.info(
@@ -141,14 +135,13 @@ class ServedLog:
                 100 * agree.mean(),
             )
         written = []
-        days = frame["served_at"].dt.strftime("%Y-%m-%d")
-        for day, part in frame.groupby(days, sort=True):
+        for day, part in frames.items():
             folder = self.root / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)
             # Unique names: several flushes (and service restarts) a day never overwrite each other.
             path = folder / f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
             tmp = path.with_suffix(".tmp")
-            part.reset_index(drop=True).to_parquet(tmp, index=False)
+            part.to_parquet(tmp, index=False)
             tmp.rename(path)  # a reader never sees half a file
             written.append(path)
         return written
@@ -221,7 +214,7 @@ class Recorder:
         scores: list[np.ndarray | None] = [None] * len(group)
         if shadow is not None:
             try:
-                flat = shadow.score_rows([row for record in group for row in record.rows])
+                flat = shadow.score_rows(Rows.concat([self.log.rows_of(record) for record in group]))
                 bounds = np.cumsum([0] + [len(record.rows) for record in group])
                 scores = [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
                 self.metrics.shadow_rows.labels(shadow.version).inc(len(flat))

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import FeatureSpec
+from pipelines.serving.schema import Rows
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,23 @@ class ServedModel:
     load_seconds: float
     _score: Callable[[dict[str, Any]], Any] = field(repr=False, compare=False)
 
-    def score_rows(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Delay probabilities of validated rows (dicts of raw feature values), as float32.
+    def score_rows(self, rows: Rows | Sequence[dict[str, Any]]) -> np.ndarray:
+        """Delay probabilities of validated rows (columns, or dicts of raw feature values), as float32.
 
         The request schema has already typed every value, so what :func:`to_model_inputs` does to a
-        frame comes down to building the arrays (``None`` as NaN, or as the missing category), without
+        frame comes down to casting the columns (``None`` as NaN, or as the missing category), without
         a frame per request. The check at load time and the parity test hold both paths equal.
         """
         from pipelines.model.features import MISSING_CATEGORY
 
-        inputs = {col: np.array([row[col] for row in rows], dtype=np.float32) for col in self.features.numeric}
+        columns = rows.columns if isinstance(rows, Rows) else {c: [row[c] for row in rows] for c in self.features.all}
+        inputs = {col: _as_float32(columns[col]) for col in self.features.numeric}
         for col in self.features.categorical:
-            inputs[col] = np.array([MISSING_CATEGORY if row[col] is None else row[col] for row in rows], dtype=str)
+            values = np.asarray(columns[col], dtype=object)
+            missing = values == None  # noqa: E711 (elementwise)
+            if missing.any():
+                values = np.where(missing, MISSING_CATEGORY, values)
+            inputs[col] = values.astype(str)
         return self._score(inputs)
 
     def describe(self) -> dict[str, Any]:
@@ -90,25 +96,45 @@ class ServedModel:
         }
 
 
+def _as_float32(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values.astype(np.float32)
+    return np.array(list(values), dtype=np.float32)  # None becomes NaN
+
+
 def fast_scorer(model: Any) -> Callable[[dict[str, Any]], Any]:
     """The Keras model as one traced function of its raw inputs, returning probabilities as a NumPy vector.
 
-    The input signature is fixed (a vector per input, any length), so the
-    function is traced once, whatever the batch size.
+    The input signature is fixed (a vector per input, any length), so the function is traced
+    once, whatever the batch size. The float inputs travel as the columns of one matrix, split
+    back into the model's inputs inside the graph, and the traced graph is called directly:
+    converting 16 separate arrays and matching them to the signature on each call cost about
+    0.6 ms of the 1.2 ms a single row took (measured on this project's model).
     """
     import tensorflow as tf
 
     inputs = model.input if isinstance(model.input, dict) else {t.name: t for t in model.inputs}
-    signature = {name: tf.TensorSpec(shape=(None,), dtype=tensor.dtype, name=name) for name, tensor in inputs.items()}
+    packed = tuple(name for name, tensor in inputs.items() if tensor.dtype == tf.float32)
+    apart = {
+        name: tf.TensorSpec(shape=(None,), dtype=tensor.dtype, name=name)
+        for name, tensor in inputs.items()
+        if name not in packed
+    }
 
-    @tf.function(input_signature=[signature])
-    def _probabilities(features: dict[str, Any]) -> Any:
+    @tf.function(input_signature=[tf.TensorSpec(shape=(None, len(packed)), dtype=tf.float32), apart])
+    def _probabilities(matrix: Any, others: dict[str, Any]) -> Any:
+        features = {name: matrix[:, i] for i, name in enumerate(packed)} | others
         return tf.reshape(model(features, training=False), [-1])
 
-    names = tuple(signature)
+    graph = _probabilities.get_concrete_function()
+    others = tuple(apart)
 
     def score(values: dict[str, Any]) -> Any:
-        return _probabilities({name: values[name] for name in names}).numpy()
+        n = len(values[packed[0] if packed else others[0]])
+        matrix = np.empty((n, len(packed)), dtype=np.float32)
+        for i, name in enumerate(packed):
+            matrix[:, i] = values[name]
+        return graph(matrix, {name: values[name] for name in others}).numpy()
 
     return score
 

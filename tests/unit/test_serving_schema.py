@@ -12,10 +12,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pipelines.config import ConfigError, Params, load_params
-from pipelines.serving.schema import RequestError, RowParser, row_model
+from pipelines.serving.schema import RequestError, RowParser, Rows, row_model
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 MAX_ROWS = 5
@@ -141,3 +142,91 @@ def test_the_serve_section_is_validated_naming_the_key(params: Params) -> None:
         params.with_overrides({"serve.shadow_alias": "chall enger"})
     with pytest.raises(ConfigError, match="serve.watch_seconds"):
         params.with_overrides({"serve.watch_seconds": 5})
+
+
+def _slow(parser: RowParser, body: bytes) -> tuple[Any, ...]:
+    """What the standard parser and the row model alone make of a body: its rows, or its refusal."""
+    try:
+        records, single = parser._validate(body)
+    except RequestError as err:
+        return ("refused", err.status, err.problems)
+    return ("rows", single, Rows.from_records(records, parser.kinds))
+
+
+def _fast(parser: RowParser, body: bytes) -> tuple[Any, ...]:
+    try:
+        rows, single = parser.parse_rows(body)
+    except RequestError as err:
+        return ("refused", err.status, err.problems)
+    return ("rows", single, rows)
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    if a[0] != b[0] or a[1] != b[1]:
+        return False
+    if a[0] == "refused":
+        return json.dumps(a[2], default=str) == json.dumps(b[2], default=str)
+    ca, cb = a[2].columns, b[2].columns
+    return list(ca) == list(cb) and all(
+        ca[c].dtype == cb[c].dtype and np.array_equal(ca[c], cb[c], equal_nan=ca[c].dtype.kind == "f") for c in ca
+    )
+
+
+def _bodies(params: Params) -> list[bytes]:
+    row = _row(params) | {"wind_gust": None, "temp": 40, "carrier": "Zé"}
+    changes = [
+        {},
+        {"hour": True},
+        {"hour": 7.0},
+        {"hour": None},
+        {"hour": 2**63},
+        {"hour": 2**64},
+        {"hour": -(2**63)},
+        {"temp": True},
+        {"temp": 2**64},
+        {"temp": 1e308},
+        {"temp": "__X__"},
+        {"carrier": None},
+        {"carrier": 9},
+        {"carrier": ""},
+        {"origin": {"a": 1}},
+        {"dest": ["JFK"]},
+        {"runway": "4L"},
+    ]
+    bodies = []
+    for change in changes:
+        changed = row | change
+        bodies += [json.dumps(changed).encode(), json.dumps([row, changed, row]).encode()]
+    swapped = {k: v for k, v in row.items() if k != "distance"} | {"runway": 3}  # as many fields, one wrong
+    bodies += [json.dumps([row, swapped]).encode(), json.dumps([row, 1]).encode(), json.dumps([row] * 6).encode()]
+    text = json.dumps(row)
+    bodies += [
+        text.replace('"__X__"', "x").encode(),
+        json.dumps(row | {"temp": "__X__"}).replace('"__X__"', "1e400").encode(),
+        json.dumps(row | {"temp": "__X__"}).replace('"__X__"', "NaN").encode(),
+        json.dumps(row | {"carrier": "__X__"}).replace("__X__", "\\ud800").encode(),
+        b"\xef\xbb\xbf" + text.encode(),
+        b"  " + text.encode() + b"\n",
+        b"null",
+        b"{}",
+        b"[[]]",
+    ]
+    return bodies
+
+
+def test_the_fast_path_accepts_and_refuses_exactly_what_the_row_model_does(params: Params, parser: RowParser) -> None:
+    """Every body gives the same rows, or the same status and problems, as the standard parser and the row model."""
+    for body in _bodies(params):
+        assert _same(_fast(parser, body), _slow(parser, body)), body
+
+
+def test_plainly_valid_rows_become_typed_columns_without_the_row_model(params: Params, parser: RowParser) -> None:
+    rows = [_row(params) | {"wind_gust": None, "temp": 40}, _row(params)]
+    assert parser._plain_columns(parser._decoder.decode(_body(rows))) is not None, "the fast path takes plain rows"
+    parsed, single = parser.parse_rows(_body(rows))
+    kinds = params.dataset.schema_
+    assert not single and len(parsed) == 2 and tuple(parsed.columns) == params.dataset.features.all
+    for col, values in parsed.columns.items():
+        assert values.dtype == {"int": np.int64, "float": np.float64, "string": object}[kinds[col]], col
+    assert np.isnan(parsed.columns["wind_gust"][0]) and parsed.columns["temp"][0] == 40.0
+    assert parsed.records()[0]["wind_gust"] is None
