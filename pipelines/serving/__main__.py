@@ -7,6 +7,7 @@ Where it listens comes from :mod:`pipelines.settings` like every local server's 
 from __future__ import annotations
 
 import logging
+import sys
 
 
 def main() -> int:
@@ -18,6 +19,9 @@ def main() -> int:
     from pipelines.settings import resolve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The registry watcher and the served log run in threads beside the event loop: a request
+    # waits at most this long for the GIL when one of them is busy (Python's default is 5 ms).
+    sys.setswitchinterval(0.001)
     settings = resolve()
     params = load_params(settings.params_path)
     # One worker: each worker would load its own copy of every served version.

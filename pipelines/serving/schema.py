@@ -144,6 +144,7 @@ class RowParser:
         self.kinds = {col: dataset.schema_[col] for col in self.columns}
         self.max_rows = max_rows
         self._rows = TypeAdapter(list[self.model])  # type: ignore[valid-type]
+        self._float_columns = [col for col, kind in self.kinds.items() if kind == "float"]
         plain = _plain_row(dataset)
         self._decoder = msgspec.json.Decoder(plain | list[plain])  # type: ignore[valid-type]
 
@@ -189,7 +190,8 @@ class RowParser:
         except OverflowError:
             return None
         # msgspec refuses a number beyond a float; checked anyway, as the row model would refuse it.
-        if any(np.isinf(columns[col]).any() for col, kind in self.kinds.items() if kind == "float"):
+        floats = [columns[col] for col in self._float_columns]
+        if floats and np.isinf(np.concatenate(floats)).any():
             return None
         return columns
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipelines.config import FeatureSpec
 from pipelines.serving.metrics import ServiceMetrics
-from pipelines.serving.versions import ServedModel, VersionRejected, load_version
+from pipelines.serving.versions import ServedModel, VersionRejected, load_version, prepare_runtime
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class ModelWatcher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        prepare_runtime()
         while not self._stop.is_set():
             self.check_once()
             self._stop.wait(self.interval)

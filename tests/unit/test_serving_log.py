@@ -8,6 +8,7 @@ keep what it has, and say so, when the registry cannot be reached.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from prometheus_client import generate_latest
 
 from pipelines.config import FeatureSpec, Params, load_params
 from pipelines.serving.metrics import ServiceMetrics
+from pipelines.serving.schema import RowParser
 from pipelines.serving.served_log import Served, ServedLog
 from pipelines.serving.versions import ServedModel
 from pipelines.serving.watcher import ModelWatcher
@@ -111,3 +113,23 @@ def test_an_unreachable_registry_keeps_what_is_served_and_reports_it(params: Par
     text = generate_latest(metrics.registry).decode()
     assert "serve_alias_check_failures_total 1.0" in text and "serve_alias_check_age_seconds +Inf" in text
     assert alerts == [], "an unreachable registry is staleness, not a refused version"
+
+
+def test_rows_from_the_request_path_are_logged_as_the_same_rows_given_as_dicts(params: Params, tmp_path: Path) -> None:
+    """The service hands the log columns (``Rows``); callers may hand it dicts: the files are the same."""
+    features = params.dataset.features
+    schema = {c: params.dataset.schema_[c] for c in features.all}
+    parser = RowParser(params.dataset, 10)
+    dicts = _rows(params, 3, None) + _rows(params, 2, 7.5)
+    columns, _ = parser.parse_rows(json.dumps(dicts).encode())
+    at = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    live, shadow = _version("3", features), _version("4", features)
+    scores, theirs = np.linspace(0.1, 0.9, 5, dtype=np.float32), np.linspace(0.2, 0.6, 5, dtype=np.float32)
+    frames = []
+    for name, rows in (("columns", columns), ("dicts", dicts)):
+        log = ServedLog(tmp_path / name, schema)
+        log.append(Served("a", at, rows, scores, live), shadow, theirs)
+        log.flush()
+        frames.append(pd.read_parquet(tmp_path / name / "date=2026-03-01"))
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert frames[0]["wind_gust"].isna().sum() == 3 and list(frames[0]["shadow_version"]) == ["4"] * 5
