@@ -55,7 +55,7 @@ def test_age_is_reported_every_run_and_alerted_past_the_limit(registry) -> None:
     assert read_alerts(registry["home"]) == []
 
     stale = _check(dt.date(2013, 7, 7), registry["dated"])
-    assert stale["detected"] and stale["age_days"] == 129 and stale["max_age_days"] == 30
+    assert stale["detected"] and stale["age_days"] == 129 and stale["max_age_days"] == 21
     assert stale["alerts"]["file"] == "sent"
     [alert] = read_alerts(registry["home"])
     assert alert["event"] == "model_stale" and "129 days old on 2013-07-07" in alert["summary"]
