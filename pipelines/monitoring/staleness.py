@@ -44,8 +44,9 @@ class Staleness:
         if self.status != "ok":
             return f"model age: unknown, {who} has no {TRAINED_UNTIL_TAG} tag (registered before it was recorded)"
         verdict = "stale" if self.detected else "within"
+        days = "1 day" if self.age_days == 1 else f"{self.age_days} days"
         return (
-            f"model age: {who} was trained on data up to {self.trained_until}, {self.age_days} days before "
+            f"model age: {who} was trained on data up to {self.trained_until}, {days} before "
             f"{self.day} ({verdict}: limit {self.max_age_days} days, monitor.max_model_age_days)"
         )
 

@@ -71,8 +71,9 @@ def test_monitor_command_runs_the_checks_and_writes_the_reports(champion, capsys
         assert check in out
     # Beside them: served traffic (none here), the champion's age (a day), compute (no step worker here).
     assert "served traffic: no served traffic in 2013-03-13..2013-03-15" in out
-    assert "model age: flight_delay v" in out and "1 days before 2013-03-15" in out
-    assert "compute: insufficient history" in out
+    assert "model age: flight_delay v" in out and "1 day before 2013-03-15" in out
+    # The training run measured its steps in place: one run, not yet a history to compare with.
+    assert "compute of cli_test/champion: insufficient history for every step" in out
     assert "decision: " in out
     reports = champion["settings"].run_dir("cli", "m1") / "monitor"
     assert f"reports: {reports}" in out
