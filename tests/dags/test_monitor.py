@@ -719,10 +719,11 @@ def test_served_traffic_is_watched_beside_the_batch_scores(monitoring) -> None:
     assert online["rows"] == pytest.approx(performance["rows"], rel=0.01)
     assert online["current"]["auc"] == pytest.approx(performance["current"]["auc"], abs=0.005)
     assert online["holdout"]["auc"] == pytest.approx(performance["holdout"]["auc"])
-    # The champion is a week old; step figures come from the step worker, which dag.test() does not use.
+    # The champion is a week old; the fixture's training runs measured their steps in place (dag.test()
+    # uses no step worker), so compute has earlier runs to compare the newest with.
     staleness = _xcom(run, "check_staleness")
     assert staleness["age_days"] == 7 and not staleness["detected"]
-    assert _xcom(run, "check_compute")["status"] == "insufficient_history"
+    assert _xcom(run, "check_compute")["status"] == "ok"
     # No traffic in July: said so, and nothing fails.
     assert _xcom(monitoring["summer"], "check_served")["status"] == "no_served_traffic"
 
