@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 
@@ -50,3 +51,30 @@ def isolated_git_dvc_env(home: Path) -> dict[str, str]:
         "GIT_COMMITTER_NAME": "Test Developer",
         "GIT_COMMITTER_EMAIL": "dev@example.com",
     }
+
+
+@contextlib.contextmanager
+def light_worker(log_dir: Path, name: str) -> Iterator[dict]:
+    """A step worker preloading only the config (the real one imports TensorFlow: slow for a unit test).
+
+    Yields its ``env`` (set to hand steps to it), ``proc``, socket ``path`` and ``log``; stopped on exit.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipelines.ops import worker
+
+    path = Path(tempfile.gettempdir()) / f"mlops-test-{name}-{os.getpid()}.sock"
+    env = {**os.environ, worker.ENV_MODE: "warm", worker.ENV_SOCKET: str(path)}
+    log = log_dir / "worker.log"
+    command = [sys.executable, "-m", "pipelines.ops.worker", "serve", "--socket", str(path)]
+    command += ["--idle-timeout", "0", "--preload", "pipelines.config"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        worker.wait_ready(env, timeout=60)
+        yield {"env": env, "proc": proc, "path": path, "log": log}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -5,14 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import inspect
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from helpers import light_worker
 
 from pipelines.config import ConfigError
 from pipelines.errors import (
@@ -107,32 +103,8 @@ def test_the_wrapped_task_keeps_its_name_signature_and_result() -> None:
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     """A step worker with a light preload: steps run in its forks, as in a warm deployment."""
-    tmp = tmp_path_factory.mktemp("worker")
-    path = Path(tempfile.gettempdir()) / f"mlops-test-errors-{os.getpid()}.sock"
-    env = {**os.environ, worker.ENV_MODE: "warm", worker.ENV_SOCKET: str(path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.ops.worker",
-            "serve",
-            "--socket",
-            str(path),
-            "--idle-timeout",
-            "0",
-            "--preload",
-            "pipelines.config",
-        ],
-        env=env,
-        stdout=open(tmp / "worker.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        worker.wait_ready(env, timeout=60)
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with light_worker(tmp_path_factory.mktemp("worker"), "errors") as worker_:
+        yield worker_["env"]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import light_worker
 
 from pipelines.ops import worker
 
@@ -17,32 +18,8 @@ from pipelines.ops import worker
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     """A worker with a light preload (the real one imports TensorFlow and friends: slow for a unit test)."""
-    tmp = tmp_path_factory.mktemp("worker")
-    path = Path("/tmp") / f"mlops-test-worker-{os.getpid()}.sock"
-    env = {**os.environ, worker.ENV_MODE: "warm", worker.ENV_SOCKET: str(path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.ops.worker",
-            "serve",
-            "--socket",
-            str(path),
-            "--idle-timeout",
-            "0",
-            "--preload",
-            "pipelines.config",
-        ],
-        env=env,
-        stdout=open(tmp / "worker.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        worker.wait_ready(env, timeout=60)
-        yield {"env": env, "proc": proc, "path": path, "log": tmp / "worker.log"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with light_worker(tmp_path_factory.mktemp("worker"), "worker") as worker_:
+        yield worker_
 
 
 @pytest.fixture
